@@ -1,0 +1,15 @@
+//! Compiles the hand-written etcd v3 `.proto` files with a vendored protoc (no system protoc).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // Build scripts run single-threaded, so setting the variable here races nothing.
+    std::env::set_var("PROTOC", protoc);
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(
+            &["proto/rpc.proto", "proto/kv.proto", "proto/auth.proto"],
+            &["proto"],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

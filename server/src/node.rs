@@ -1,0 +1,40 @@
+//! `Node`: what every service handler shares — the store, the write pipeline, the watch hub,
+//! the lessor, this member's identity and the configuration — and the response header.
+
+use std::sync::Arc;
+
+use etcd_proto::etcdserverpb::ResponseHeader;
+use store::Store;
+
+use crate::applier::Applier;
+use crate::config::Config;
+use crate::lessor::Lessor;
+use crate::member::Member;
+use crate::metrics::Metrics;
+use crate::watch_hub::WatchHub;
+
+/// Raft term reported until the Raft layer exists: a single member that won its only election.
+pub const SINGLE_NODE_TERM: u64 = 2;
+
+pub struct Node {
+    pub config: Config,
+    pub store: Store,
+    pub applier: Applier,
+    pub hub: WatchHub,
+    pub lessor: Lessor,
+    pub member: Member,
+    pub cluster_id: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Node {
+    /// A response header as etcd fills it, at revision `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader { cluster_id: self.cluster_id, member_id: self.member.id, revision, raft_term: SINGLE_NODE_TERM }
+    }
+
+    /// A header at the current durable revision.
+    pub fn current_header(&self) -> ResponseHeader {
+        self.header(self.store.current_revision())
+    }
+}

@@ -1,0 +1,102 @@
+//! The RocksDB layout: column families, their key and value formats, and open options.
+//!
+//! On-disk format (all integers big-endian):
+//! - `key`:   escaped(user key) ++ desc(revision) → prost `mvccpb.KeyValue`. Every version of
+//!   every key, newest first within a key, so a range at any revision is one forward scan.
+//!   A tombstone is a `KeyValue` with `create_revision == 0` (live keys always have > 0).
+//! - `rev`:   asc(revision) → user key. History in revision order, for watch catch-up and
+//!   compaction.
+//! - `lease`: `l` ++ id → granted TTL (i64); `k` ++ id ++ user key → empty (attached keys).
+//! - `meta`:  named records: current revision, compaction marks, alarms, applied index.
+//!
+//! Writes are not fsynced here: the caller decides the durability point (see `Writer::sync`).
+
+use std::path::Path;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
+
+use crate::error::Result;
+
+pub const CF_KEY: &str = "key";
+pub const CF_REV: &str = "rev";
+pub const CF_LEASE: &str = "lease";
+pub const CF_META: &str = "meta";
+
+pub const META_CURRENT_REV: &[u8] = b"current_rev";
+pub const META_SCHEDULED_COMPACT: &[u8] = b"scheduled_compact_rev";
+pub const META_FINISHED_COMPACT: &[u8] = b"finished_compact_rev";
+pub const META_ALARMS: &[u8] = b"alarms";
+pub const META_APPLIED_INDEX: &[u8] = b"applied_index";
+
+/// Tuning for the RocksDB instance.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// Capacity of the shared block cache; bounds read-side memory whatever the key count.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions { block_cache_bytes: 64 << 20 }
+    }
+}
+
+/// Opens (creating if needed) the RocksDB instance under `path` with Cairn's column families.
+pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
+    let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+    let cf_opts = || {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        let mut o = Options::default();
+        o.set_block_based_table_factory(&table);
+        o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        o.set_write_buffer_size(32 << 20);
+        o
+    };
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_background_jobs(2);
+    db_opts.set_keep_log_file_num(4);
+    db_opts.set_max_total_wal_size(256 << 20);
+    let cfs = [CF_KEY, CF_REV, CF_LEASE, CF_META]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
+    Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
+}
+
+/// Encodes a lease ID for the `lease` family's keys.
+pub fn lease_key(id: i64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'l';
+    k[1..].copy_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+/// The prefix under which a lease's attached keys are listed.
+pub fn lease_keys_prefix(id: i64) -> [u8; 9] {
+    let mut k = lease_key(id);
+    k[0] = b'k';
+    k
+}
+
+/// The record saying `key` is attached to lease `id`.
+pub fn lease_attachment(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = lease_keys_prefix(id).to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+pub fn encode_i64(v: i64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+pub fn decode_i64(cf: &'static str, bytes: &[u8]) -> Result<i64> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| crate::Error::Corrupt {
+        cf,
+        detail: format!("expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(i64::from_be_bytes(arr))
+}

@@ -1,0 +1,252 @@
+//! `Store`: the shared, read-side handle over the MVCC state. Reads run at the published
+//! revision — the newest revision whose writes are durable — on a RocksDB snapshot, so they
+//! never see a write before it is acknowledged. Only the single [`Writer`] changes state.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use etcd_proto::mvccpb::KeyValue;
+use rocksdb::{ReadOptions, DB};
+
+use crate::backend::{self, BackendOptions, CF_KEY, CF_LEASE, CF_META, CF_REV};
+use crate::mvcc::{self, RangeEnd, Scan};
+use crate::writer::Writer;
+use crate::{Error, Result};
+
+pub(crate) struct Inner {
+    pub(crate) db: DB,
+    pub(crate) path: PathBuf,
+    /// Newest revision whose writes are durable and visible to readers.
+    pub(crate) published: AtomicI64,
+    /// Revision below which history is (logically) gone.
+    pub(crate) compacted: AtomicI64,
+}
+
+/// A cloneable read handle. See the module comment for the visibility rule.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// A consistent read view: a RocksDB snapshot plus the revision it is read at.
+pub(crate) struct View<'a> {
+    pub(crate) db: &'a DB,
+    snapshot: rocksdb::Snapshot<'a>,
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn opts(&self, upper_bound: Option<Vec<u8>>) -> ReadOptions {
+        let mut o = ReadOptions::default();
+        o.set_snapshot(&self.snapshot);
+        if let Some(b) = upper_bound {
+            o.set_iterate_upper_bound(b);
+        }
+        o
+    }
+
+    pub(crate) fn iter(&self, cf: &str, upper_bound: Option<Vec<u8>>) -> rocksdb::DBRawIterator<'a> {
+        let handle = self.db.cf_handle(cf).expect("column family exists");
+        self.db.raw_iterator_cf_opt(handle, self.opts(upper_bound))
+    }
+}
+
+impl Store {
+    /// Opens the store under `dir`, returning the read handle and the one writer.
+    pub fn open(dir: &Path, opts: &BackendOptions) -> Result<(Store, Writer)> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Corrupt { cf: "dir", detail: e.to_string() })?;
+        let db = backend::open(dir, opts)?;
+        let meta = |key: &[u8]| -> Result<i64> {
+            match db.get_cf(db.cf_handle(CF_META).expect("cf"), key)? {
+                Some(v) => backend::decode_i64(CF_META, &v),
+                None => Ok(0),
+            }
+        };
+        // Revision 1 is etcd's empty store; the first write makes revision 2.
+        let current = meta(backend::META_CURRENT_REV)?.max(1);
+        let compacted = meta(backend::META_SCHEDULED_COMPACT)?;
+        let inner = Arc::new(Inner {
+            db,
+            path: dir.to_path_buf(),
+            published: AtomicI64::new(current),
+            compacted: AtomicI64::new(compacted),
+        });
+        let store = Store { inner };
+        let writer = Writer::new(store.clone(), current);
+        Ok((store, writer))
+    }
+
+    /// The newest durable revision.
+    pub fn current_revision(&self) -> i64 {
+        self.inner.published.load(Ordering::Acquire)
+    }
+
+    /// The revision of the last compaction (0 if none).
+    pub fn compacted_revision(&self) -> i64 {
+        self.inner.compacted.load(Ordering::Acquire)
+    }
+
+    /// The compaction whose physical cleanup had finished when the store last recorded it.
+    pub fn finished_compaction(&self) -> Result<i64> {
+        self.meta_i64(backend::META_FINISHED_COMPACT)
+    }
+
+    /// The applied index recorded with the last write (for the Raft layer; 0 if none).
+    pub fn applied_index(&self) -> Result<i64> {
+        self.meta_i64(backend::META_APPLIED_INDEX)
+    }
+
+    fn meta_i64(&self, key: &[u8]) -> Result<i64> {
+        let db = &self.inner.db;
+        match db.get_cf(db.cf_handle(CF_META).expect("cf"), key)? {
+            Some(v) => backend::decode_i64(CF_META, &v),
+            None => Ok(0),
+        }
+    }
+
+    pub(crate) fn view(&self) -> View<'_> {
+        View { db: &self.inner.db, snapshot: self.inner.db.snapshot() }
+    }
+
+    /// Checks that `rev` (0 = current) can be read, returning the revision to read at.
+    pub fn check_read_revision(&self, rev: i64) -> Result<i64> {
+        self.check_read_revision_at(rev, self.current_revision())
+    }
+
+    fn check_read_revision_at(&self, rev: i64, current: i64) -> Result<i64> {
+        if rev <= 0 {
+            return Ok(current);
+        }
+        if rev > current {
+            return Err(Error::FutureRev { requested: rev, current });
+        }
+        let compacted = self.compacted_revision();
+        if rev < compacted {
+            return Err(Error::Compacted { requested: rev, compacted });
+        }
+        Ok(rev)
+    }
+
+    /// Scans `[key, range_end)` at `rev` (0 = current). Returns the scan and the revision the
+    /// store was at when the read began (etcd's response header revision).
+    pub fn scan(&self, key: &[u8], range_end: &[u8], rev: i64, limit: usize, count_only: bool) -> Result<(Scan, i64)> {
+        let current = self.current_revision();
+        // The snapshot is taken after `current` is loaded, so it holds every write up to it;
+        // the compaction check runs after the snapshot, so a compaction that could have
+        // removed history at `read_rev` is either seen here or began after the snapshot.
+        let view = self.view();
+        let read_rev = self.check_read_revision_at(rev, current)?;
+        let end = RangeEnd::from_request(range_end);
+        let mut iter = view.iter(CF_KEY, end.upper_bound(key));
+        let scan = mvcc::scan(&mut iter, key, &end, read_rev, limit, count_only)?;
+        Ok((scan, current))
+    }
+
+    /// Returns the version of `key` at `rev` if it was live there.
+    pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
+        let view = self.view();
+        let mut iter = view.iter(CF_KEY, None);
+        Ok(match mvcc::latest(&mut iter, key, rev)? {
+            Some((_, false, kv)) => Some(kv),
+            _ => None,
+        })
+    }
+
+    /// All leases with their granted TTLs, in ID order.
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>> {
+        let view = self.view();
+        let mut iter = view.iter(CF_LEASE, Some(b"m".to_vec()));
+        iter.seek(b"l");
+        let mut out = Vec::new();
+        while iter.valid() {
+            let k = iter.key().expect("valid");
+            let id = backend::decode_i64(CF_LEASE, &k[1..])?;
+            out.push((id, backend::decode_i64(CF_LEASE, iter.value().expect("valid"))?));
+            iter.next();
+        }
+        iter.status()?;
+        Ok(out)
+    }
+
+    /// The granted TTL of lease `id`, or `None` if it does not exist.
+    pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>> {
+        let db = &self.inner.db;
+        match db.get_cf(db.cf_handle(CF_LEASE).expect("cf"), backend::lease_key(id))? {
+            Some(v) => Ok(Some(backend::decode_i64(CF_LEASE, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        let view = self.view();
+        let prefix = backend::lease_keys_prefix(id);
+        let mut iter = view.iter(CF_LEASE, None);
+        iter.seek(prefix);
+        let mut out = Vec::new();
+        while iter.valid() && iter.key().expect("valid").starts_with(&prefix) {
+            out.push(iter.key().expect("valid")[prefix.len()..].to_vec());
+            iter.next();
+        }
+        iter.status()?;
+        Ok(out)
+    }
+
+    /// Active alarms as (member ID, alarm type) pairs.
+    pub fn alarms(&self) -> Result<Vec<(u64, i32)>> {
+        let db = &self.inner.db;
+        let raw = db.get_cf(db.cf_handle(CF_META).expect("cf"), backend::META_ALARMS)?;
+        Ok(crate::writer::decode_alarms(raw.as_deref()))
+    }
+
+    /// Bytes the database occupies on disk (SST files plus live WAL, roughly etcd's dbSize).
+    pub fn size_on_disk(&self) -> u64 {
+        let db = &self.inner.db;
+        let mut total = 0;
+        for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
+            let h = db.cf_handle(cf).expect("cf");
+            for prop in ["rocksdb.total-sst-files-size", "rocksdb.size-all-mem-tables"] {
+                total += db.property_int_value_cf(h, prop).ok().flatten().unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// Bytes of live data (etcd's dbSizeInUse): SST files still referenced by the current version.
+    pub fn size_in_use(&self) -> u64 {
+        let db = &self.inner.db;
+        let mut total = 0;
+        for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
+            let h = db.cf_handle(cf).expect("cf");
+            for prop in ["rocksdb.live-sst-files-size", "rocksdb.size-all-mem-tables"] {
+                total += db.property_int_value_cf(h, prop).ok().flatten().unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// Rewrites every column family to drop deleted data (etcd's defragment).
+    pub fn defragment(&self) -> Result<()> {
+        let db = &self.inner.db;
+        for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
+            db.flush_cf(db.cf_handle(cf).expect("cf"))?;
+            db.compact_range_cf(db.cf_handle(cf).expect("cf"), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+impl Store {
+    /// Writes a consistent copy of the store into `dir` (which must not exist): hard links to
+    /// immutable files plus copies of the rest, as RocksDB checkpoints do.
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.inner.db)?;
+        cp.create_checkpoint(dir)?;
+        Ok(())
+    }
+}

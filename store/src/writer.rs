@@ -1,0 +1,451 @@
+//! `Writer`: the single owner of the store's write path. Each request becomes one RocksDB
+//! write batch (its changes, the new current revision, lease attachments) written without
+//! fsync; [`Writer::sync`] is the durability point and [`Writer::publish`] makes the written
+//! revisions visible to readers. The Raft layer will skip `sync` because its log is durable.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use etcd_proto::etcdserverpb::{
+    request_op, response_op, AlarmMember, AlarmResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
+};
+use etcd_proto::mvccpb::{event::EventType, Event, KeyValue};
+use prost::Message;
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+use crate::backend::{self, CF_KEY, CF_LEASE, CF_META, CF_REV};
+use crate::mvcc::{self, RangeEnd};
+use crate::range::{self, RangeSource};
+use crate::request::{Applied, WriteRequest, WriteResponse};
+use crate::revision::Revision;
+use crate::store::Store;
+use crate::{compare, Error, Result};
+
+/// The store's only writer; see the module comment.
+pub struct Writer {
+    store: Store,
+    /// Revision of the last written (not necessarily published) request.
+    rev: i64,
+}
+
+impl Writer {
+    pub(crate) fn new(store: Store, rev: i64) -> Self {
+        Writer { store, rev }
+    }
+
+    /// The revision of the last applied request, published or not.
+    pub fn revision(&self) -> i64 {
+        self.rev
+    }
+
+    /// A read handle on the same store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Applies one request: one atomic batch, written but not yet fsynced or visible.
+    /// On error nothing was written.
+    pub fn apply(&mut self, req: &WriteRequest) -> Result<Applied> {
+        let db = &self.store.inner.db;
+        let mut w = Change::new(db, self.rev, self.store.compacted_revision());
+        let response = match req {
+            WriteRequest::Put(p) => {
+                if p.lease != 0 && !lease_exists(db, p.lease)? {
+                    return Err(Error::LeaseNotFound(p.lease));
+                }
+                WriteResponse::Put(w.put(p)?)
+            }
+            WriteRequest::DeleteRange(d) => WriteResponse::DeleteRange(w.delete_range(d)?),
+            WriteRequest::Txn(t) => WriteResponse::Txn(w.txn(t)?),
+            WriteRequest::Compact { revision } => {
+                self.check_compact(*revision)?;
+                w.batch.put_cf(cf(db, CF_META), backend::META_SCHEDULED_COMPACT, backend::encode_i64(*revision));
+                WriteResponse::Compact
+            }
+            WriteRequest::LeaseGrant { id, ttl_secs } => {
+                if lease_exists(db, *id)? {
+                    return Err(Error::LeaseExists(*id));
+                }
+                w.batch.put_cf(cf(db, CF_LEASE), backend::lease_key(*id), backend::encode_i64(*ttl_secs));
+                WriteResponse::LeaseGrant { id: *id, ttl_secs: *ttl_secs }
+            }
+            WriteRequest::LeaseRevoke { id } => {
+                if !lease_exists(db, *id)? {
+                    return Err(Error::LeaseNotFound(*id));
+                }
+                for key in self.store.lease_keys_latest(*id)? {
+                    w.delete_key(&key)?;
+                    w.batch.delete_cf(cf(db, CF_LEASE), backend::lease_attachment(*id, &key));
+                }
+                w.batch.delete_cf(cf(db, CF_LEASE), backend::lease_key(*id));
+                WriteResponse::LeaseRevoke
+            }
+            WriteRequest::Alarm { activate, member_id, alarm } => {
+                let raw = db.get_cf(cf(db, CF_META), backend::META_ALARMS)?;
+                let mut alarms = decode_alarms(raw.as_deref());
+                let entry = (*member_id, *alarm);
+                let present = alarms.contains(&entry);
+                let changed = match (*activate, present) {
+                    (true, false) => {
+                        alarms.push(entry);
+                        alarms.sort_unstable();
+                        true
+                    }
+                    (false, true) => {
+                        alarms.retain(|a| *a != entry);
+                        true
+                    }
+                    _ => false,
+                };
+                w.batch.put_cf(cf(db, CF_META), backend::META_ALARMS, encode_alarms(&alarms));
+                // As etcd: activation reports the alarm; deactivation only one that was raised.
+                let reported = *activate || changed;
+                let (member_id, alarm) = entry;
+                WriteResponse::Alarm(if reported { vec![AlarmMember { member_id, alarm }] } else { vec![] })
+            }
+        };
+        let changed = w.sub > 0;
+        let new_rev = if changed { w.rev } else { self.rev };
+        if changed {
+            w.batch.put_cf(cf(db, CF_META), backend::META_CURRENT_REV, backend::encode_i64(new_rev));
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        db.write_opt(w.batch, &opts)?;
+        self.rev = new_rev;
+        if let WriteRequest::Compact { revision } = req {
+            self.store.inner.compacted.store(*revision, Ordering::Release);
+        }
+        Ok(Applied { response, revision: new_rev, events: w.events })
+    }
+
+    fn check_compact(&self, revision: i64) -> Result<()> {
+        let compacted = self.store.compacted_revision();
+        if revision <= compacted {
+            return Err(Error::Compacted { requested: revision, compacted });
+        }
+        if revision > self.rev {
+            return Err(Error::FutureRev { requested: revision, current: self.rev });
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable (one fsync of RocksDB's WAL).
+    pub fn sync(&self) -> Result<()> {
+        self.store.inner.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Makes every applied revision visible to readers. Call after [`Writer::sync`].
+    pub fn publish(&self) {
+        self.store.inner.published.store(self.rev, Ordering::Release);
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column family exists")
+}
+
+fn lease_exists(db: &DB, id: i64) -> Result<bool> {
+    Ok(db.get_pinned_cf(cf(db, CF_LEASE), backend::lease_key(id))?.is_some())
+}
+
+pub(crate) fn decode_alarms(raw: Option<&[u8]>) -> Vec<(u64, i32)> {
+    raw.and_then(|b| AlarmResponse::decode(b).ok())
+        .map(|r| r.alarms.into_iter().map(|a| (a.member_id, a.alarm)).collect())
+        .unwrap_or_default()
+}
+
+fn encode_alarms(alarms: &[(u64, i32)]) -> Vec<u8> {
+    AlarmResponse {
+        header: None,
+        alarms: alarms.iter().map(|&(member_id, alarm)| AlarmMember { member_id, alarm }).collect(),
+    }
+    .encode_to_vec()
+}
+
+/// The changes of one request, at one revision, built up before they are written.
+struct Change<'a> {
+    db: &'a DB,
+    /// Revision before this request.
+    base: i64,
+    /// Revision this request writes at.
+    rev: i64,
+    /// Compacted revision when the request began.
+    compacted: i64,
+    /// Next sub-revision; also the number of key changes so far.
+    sub: i64,
+    batch: WriteBatch,
+    /// Keys this request changed: `None` = deleted. Reads inside a txn consult it first.
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    events: Vec<Event>,
+}
+
+impl<'a> Change<'a> {
+    fn new(db: &'a DB, base: i64, compacted: i64) -> Self {
+        Change { db, base, rev: base + 1, compacted, sub: 0, batch: WriteBatch::default(), overlay: BTreeMap::new(), events: Vec::new() }
+    }
+
+    /// The revision reads inside this request see: etcd's `beginRev`, plus one once written.
+    fn read_rev(&self) -> i64 {
+        if self.sub > 0 {
+            self.rev
+        } else {
+            self.base
+        }
+    }
+
+    fn iter(&self) -> rocksdb::DBRawIterator<'a> {
+        self.db.raw_iterator_cf(cf(self.db, CF_KEY))
+    }
+
+    /// The live version of `key` as this request sees it.
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(match mvcc::latest(&mut self.iter(), key, self.base)? {
+            Some((_, false, kv)) => Some(kv),
+            _ => None,
+        })
+    }
+
+    /// Live versions in `[key, range_end)` as this request sees them, in key order.
+    fn live_in_range(&self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>> {
+        let end = RangeEnd::from_request(range_end);
+        let mut iter = self.iter();
+        let base = mvcc::scan(&mut iter, key, &end, self.base, 0, false)?.kvs;
+        Ok(merge_overlay(base, &self.overlay, key, &end))
+    }
+
+    fn put(&mut self, p: &PutRequest) -> Result<PutResponse> {
+        let prev = self.get(&p.key)?;
+        if (p.ignore_value || p.ignore_lease) && prev.is_none() {
+            return Err(Error::KeyNotFound);
+        }
+        let value = match (&prev, p.ignore_value) {
+            (Some(prev), true) => prev.value.clone(),
+            _ => p.value.clone(),
+        };
+        let lease = match (&prev, p.ignore_lease) {
+            (Some(prev), true) => prev.lease,
+            _ => p.lease,
+        };
+        let kv = KeyValue {
+            key: p.key.clone(),
+            create_revision: prev.as_ref().map_or(self.rev, |k| k.create_revision),
+            mod_revision: self.rev,
+            version: prev.as_ref().map_or(1, |k| k.version + 1),
+            value,
+            lease,
+        };
+        let prev_lease = prev.as_ref().map_or(0, |k| k.lease);
+        if prev_lease != 0 && prev_lease != lease {
+            self.batch.delete_cf(cf(self.db, CF_LEASE), backend::lease_attachment(prev_lease, &p.key));
+        }
+        if lease != 0 {
+            self.batch.put_cf(cf(self.db, CF_LEASE), backend::lease_attachment(lease, &p.key), []);
+        }
+        self.write_version(&kv, false);
+        let prev_kv = if p.prev_kv { prev.clone() } else { None };
+        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: prev });
+        self.overlay.insert(p.key.clone(), Some(kv));
+        Ok(PutResponse { header: Some(header(self.rev)), prev_kv })
+    }
+
+    fn delete_range(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let victims = self.live_in_range(&d.key, &d.range_end)?;
+        let deleted = victims.len() as i64;
+        for kv in &victims {
+            self.delete_live(kv.clone());
+        }
+        let revision = if self.sub > 0 { self.rev } else { self.base };
+        Ok(DeleteRangeResponse {
+            header: Some(header(revision)),
+            deleted,
+            prev_kvs: if d.prev_kv { victims } else { vec![] },
+        })
+    }
+
+    /// Deletes `key` if it is live (used by lease revocation).
+    fn delete_key(&mut self, key: &[u8]) -> Result<()> {
+        if let Some(kv) = self.get(key)? {
+            self.delete_live(kv);
+        }
+        Ok(())
+    }
+
+    fn delete_live(&mut self, prev: KeyValue) {
+        if prev.lease != 0 {
+            self.batch.delete_cf(cf(self.db, CF_LEASE), backend::lease_attachment(prev.lease, &prev.key));
+        }
+        let tomb = KeyValue { key: prev.key.clone(), mod_revision: self.rev, ..Default::default() };
+        self.write_version(&tomb, true);
+        self.overlay.insert(prev.key.clone(), None);
+        self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(prev) });
+    }
+
+    fn write_version(&mut self, kv: &KeyValue, tombstone: bool) {
+        let rev = Revision::new(self.rev, self.sub);
+        self.sub += 1;
+        self.batch.put_cf(cf(self.db, CF_KEY), mvcc::version_key(&kv.key, rev), mvcc::encode_version(kv, tombstone));
+        self.batch.put_cf(cf(self.db, CF_REV), rev.encode(), &kv.key);
+    }
+
+    fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse> {
+        // As etcd: choose every branch and check the chosen puts and ranges against the
+        // state before the txn, then execute; a failed check changes nothing.
+        let path = self.txn_path(t)?;
+        self.check_txn(t, &path, &mut 0)?;
+        let resp = self.exec_txn(t, &path, &mut 0)?;
+        Ok(resp)
+    }
+
+    fn txn_path(&self, t: &TxnRequest) -> Result<Vec<bool>> {
+        let mut ok = true;
+        for c in &t.compare {
+            let kvs = self.live_in_range(&c.key, &c.range_end)?;
+            if !compare::holds(c, &kvs) {
+                ok = false;
+                break;
+            }
+        }
+        let mut path = vec![ok];
+        for op in if ok { &t.success } else { &t.failure } {
+            if let Some(request_op::Request::RequestTxn(inner)) = &op.request {
+                path.extend(self.txn_path(inner)?);
+            }
+        }
+        Ok(path)
+    }
+
+    fn check_txn(&self, t: &TxnRequest, path: &[bool], at: &mut usize) -> Result<()> {
+        let ops = if path[*at] { &t.success } else { &t.failure };
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::RequestTxn(inner)) => {
+                    *at += 1;
+                    self.check_txn(inner, path, at)?;
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    if (p.ignore_value || p.ignore_lease) && self.get(&p.key)?.is_none() {
+                        return Err(Error::KeyNotFound);
+                    }
+                    if p.lease != 0 && !lease_exists(self.db, p.lease)? {
+                        return Err(Error::LeaseNotFound(p.lease));
+                    }
+                }
+                Some(request_op::Request::RequestRange(r)) => {
+                    if r.revision > self.base {
+                        return Err(Error::FutureRev { requested: r.revision, current: self.base });
+                    }
+                    if r.revision > 0 && r.revision < self.compacted {
+                        return Err(Error::Compacted { requested: r.revision, compacted: self.compacted });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_txn(&mut self, t: &TxnRequest, path: &[bool], at: &mut usize) -> Result<TxnResponse> {
+        let succeeded = path[*at];
+        let ops = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(self.exec_op(op, path, at)?);
+        }
+        // Only the outermost txn's header carries a revision (the caller fills it), as etcd.
+        Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
+    }
+
+    fn exec_op(&mut self, op: &RequestOp, path: &[bool], at: &mut usize) -> Result<ResponseOp> {
+        let response = match &op.request {
+            Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(self.txn_range(r)?),
+            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(self.put(p)?),
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                response_op::Response::ResponseDeleteRange(self.delete_range(d)?)
+            }
+            Some(request_op::Request::RequestTxn(inner)) => {
+                *at += 1;
+                response_op::Response::ResponseTxn(self.exec_txn(inner, path, at)?)
+            }
+            None => return Ok(ResponseOp { response: None }),
+        };
+        Ok(ResponseOp { response: Some(response) })
+    }
+
+    fn txn_range(&self, r: &RangeRequest) -> Result<etcd_proto::etcdserverpb::RangeResponse> {
+        range::execute(&TxnSource { change: self }, r)
+    }
+}
+
+/// Reads inside a txn: the store as of the txn's start, overlaid with the txn's own writes.
+struct TxnSource<'c, 'a> {
+    change: &'c Change<'a>,
+}
+
+impl RangeSource for TxnSource<'_, '_> {
+    fn scan(&self, key: &[u8], range_end: &[u8], rev: i64, limit: usize, count_only: bool) -> Result<(mvcc::Scan, i64)> {
+        let c = self.change;
+        let read_rev = c.read_rev();
+        let rev = if rev <= 0 { read_rev } else { rev };
+        let end = RangeEnd::from_request(range_end);
+        let touches_overlay = rev == read_rev && c.overlay.keys().any(|k| end.contains(key, k));
+        if !touches_overlay {
+            return Ok((mvcc::scan(&mut c.iter(), key, &end, rev.min(c.base), limit, count_only)?, read_rev));
+        }
+        let base = mvcc::scan(&mut c.iter(), key, &end, c.base, 0, false)?.kvs;
+        let mut kvs = merge_overlay(base, &c.overlay, key, &end);
+        let count = kvs.len() as i64;
+        if count_only {
+            kvs.clear();
+        } else if limit > 0 {
+            kvs.truncate(limit);
+        }
+        Ok((mvcc::Scan { kvs, count }, read_rev))
+    }
+}
+
+fn merge_overlay(
+    base: Vec<KeyValue>,
+    overlay: &BTreeMap<Vec<u8>, Option<KeyValue>>,
+    start: &[u8],
+    end: &RangeEnd,
+) -> Vec<KeyValue> {
+    if overlay.is_empty() {
+        return base;
+    }
+    let mut merged: BTreeMap<Vec<u8>, KeyValue> = base.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+    for (k, v) in overlay.iter().filter(|(k, _)| end.contains(start, k)) {
+        match v {
+            Some(kv) => merged.insert(k.clone(), kv.clone()),
+            None => merged.remove(k),
+        };
+    }
+    merged.into_values().collect()
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader { revision, ..Default::default() }
+}
+
+impl Store {
+    /// Keys attached to lease `id` including writes not yet published (writer only).
+    fn lease_keys_latest(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        let db = &self.inner.db;
+        let prefix = backend::lease_keys_prefix(id);
+        let mut iter = db.raw_iterator_cf(cf(db, CF_LEASE));
+        iter.seek(prefix);
+        let mut out = Vec::new();
+        while iter.valid() && iter.key().expect("valid").starts_with(&prefix) {
+            out.push(iter.key().expect("valid")[prefix.len()..].to_vec());
+            iter.next();
+        }
+        iter.status()?;
+        Ok(out)
+    }
+}
