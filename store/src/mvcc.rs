@@ -125,7 +125,8 @@ pub struct Scan {
 /// Scans `[start, end)` at revision `rev`, returning up to `limit` live versions (0 = no
 /// limit) and the count of all live keys. With `count_only` no values are decoded.
 ///
-/// The iterator should have been created with `end.upper_bound(start)` as its upper bound.
+/// An iterator created with `end.upper_bound(start)` as its upper bound reads less, but any
+/// iterator over the `key` family gives the same result.
 pub fn scan(
     iter: &mut DBRawIterator<'_>,
     start: &[u8],
@@ -142,6 +143,11 @@ pub fn scan(
     }
     let at_rev = Revision::new(rev, i64::MAX).encode_desc();
     let start_esc = escape(start);
+    // Escaped keys sort as raw keys do, so the end check needs no unescaping.
+    let end_esc = match end {
+        RangeEnd::Before(e) => Some(escape(e)),
+        _ => None,
+    };
     iter.seek(&start_esc);
     let mut seek_to = Vec::new();
     let mut prefix: Vec<u8> = Vec::new();
@@ -154,6 +160,9 @@ pub fn scan(
         prefix.clear();
         prefix.extend_from_slice(&iter.key().expect("valid")[..n]);
         if matches!(end, RangeEnd::Single) && prefix != start_esc {
+            break;
+        }
+        if end_esc.as_ref().is_some_and(|e| prefix >= *e) {
             break;
         }
         if version.main > rev {

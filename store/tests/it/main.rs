@@ -1,0 +1,5 @@
+//! Integration tests of the store: model-based property tests and durability behaviour.
+
+mod model;
+mod props;
+mod reopen;
