@@ -1,10 +1,39 @@
-//! placeholder during bring-up
+//! The `cairn` server: etcd's v3 gRPC API over the `store` crate, with etcd's flags, errors
+//! and HTTP endpoints. It knows nothing of Kubernetes.
+//!
+//! - [`config`]: flags (etcd's names, defaults, `ETCD_*` variables) and their validation.
+//! - [`server`]: [`run`]: wiring, listeners and ordered shutdown.
+//! - [`node`]: what the services share, and response headers.
+//! - [`member`]: member and cluster IDs, derived as etcd derives them.
+//! - [`applier`]: the write pipeline: batched apply, one fsync per batch, publish, reply.
+//! - [`watch_hub`]: fan-out of applied events to watch streams.
+//! - [`lessor`]: lease deadlines (the clock side of leases).
+//! - [`compactor`]: physical compaction and auto-compaction.
+//! - [`validate`]: etcd's request checks before proposing.
+//! - [`errors`]: etcd's gRPC codes and messages.
+//! - [`kv`], [`watch`], [`lease`], [`cluster`], [`maintenance`], [`auth`]: one file per
+//!   etcd service.
+//! - [`http`]: `/health`, `/version`, `/metrics`.
+//! - [`metrics`]: Prometheus metrics under etcd's names.
+
 pub mod applier;
+pub mod auth;
+pub mod cluster;
+pub mod compactor;
 pub mod config;
 pub mod errors;
+pub mod http;
+pub mod kv;
+pub mod lease;
+pub mod lessor;
+pub mod maintenance;
 pub mod member;
 pub mod metrics;
 pub mod node;
+pub mod server;
 pub mod validate;
+pub mod watch;
 pub mod watch_hub;
-pub mod lessor;
+
+pub use config::{Config, Flags};
+pub use server::run;

@@ -17,6 +17,7 @@
 //! - [`compact`]: physical compaction beside the writer.
 //! - [`history`]: history as watch events, for watchers catching up.
 //! - [`hash`]: HashKV and Hash, for comparing replicas.
+//! - [`snapshot`]: snapshot archives (pack a checkpoint, verify and unpack it).
 //! - [`error`]: the crate's error type.
 
 pub mod backend;
@@ -30,6 +31,7 @@ pub mod mvcc;
 pub mod range;
 pub mod request;
 pub mod revision;
+pub mod snapshot;
 pub mod store;
 pub mod writer;
 

@@ -1,0 +1,120 @@
+//! The KV service: Range, Put, DeleteRange, Txn, Compact. Each handler validates, then reads
+//! the store locally or proposes a write to the apply pipeline. A single member's reads are
+//! linearizable by construction: the store only shows revisions that are durable.
+
+use std::sync::Arc;
+
+use etcd_proto::etcdserverpb::kv_server::Kv;
+use etcd_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use prost::Message;
+use store::{range, WriteRequest, WriteResponse};
+use tonic::{Request, Response, Status};
+
+use crate::compactor::Compactor;
+use crate::errors::{self, EtcdError};
+use crate::node::Node;
+use crate::validate;
+
+pub struct KvService {
+    node: Arc<Node>,
+    compactor: Compactor,
+}
+
+impl KvService {
+    pub fn new(node: Arc<Node>, compactor: Compactor) -> Self {
+        KvService { node, compactor }
+    }
+
+    /// etcd refuses a write whose encoding exceeds `--max-request-bytes`.
+    fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        if encoded_len > self.node.config.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge.into());
+        }
+        Ok(())
+    }
+
+    async fn propose(&self, req: WriteRequest) -> Result<store::Applied, Status> {
+        self.node.applier.propose(req).await
+    }
+}
+
+/// Runs a range on the blocking pool unless it names a single key (a few microseconds).
+pub async fn read_range(node: &Arc<Node>, r: RangeRequest) -> Result<RangeResponse, Status> {
+    let mut resp = if r.range_end.is_empty() {
+        range::execute(&node.store, &r).map_err(errors::from_store)?
+    } else {
+        let store = node.store.clone();
+        tokio::task::spawn_blocking(move || range::execute(&store, &r))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(errors::from_store)?
+    };
+    let rev = resp.header.map_or(0, |h| h.revision);
+    resp.header = Some(node.header(rev));
+    Ok(resp)
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let r = request.into_inner();
+        validate::range(&r)?;
+        Ok(Response::new(read_range(&self.node, r).await?))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = request.into_inner();
+        validate::put(&r)?;
+        self.check_size(r.encoded_len())?;
+        let applied = self.propose(WriteRequest::Put(r)).await?;
+        match applied.response {
+            WriteResponse::Put(mut resp) => {
+                resp.header = Some(self.node.header(applied.revision));
+                Ok(Response::new(resp))
+            }
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let r = request.into_inner();
+        validate::delete_range(&r)?;
+        self.check_size(r.encoded_len())?;
+        let applied = self.propose(WriteRequest::DeleteRange(r)).await?;
+        match applied.response {
+            WriteResponse::DeleteRange(mut resp) => {
+                resp.header = Some(self.node.header(applied.revision));
+                Ok(Response::new(resp))
+            }
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let r = request.into_inner();
+        validate::txn(&r, self.node.config.txn_ops_max)?;
+        self.check_size(r.encoded_len())?;
+        // Read-only txns also go through the pipeline: the writer is the one place that
+        // evaluates compares and ranges against one consistent revision.
+        let applied = self.propose(WriteRequest::Txn(r)).await?;
+        match applied.response {
+            WriteResponse::Txn(mut resp) => {
+                resp.header = Some(self.node.header(applied.revision));
+                Ok(Response::new(resp))
+            }
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let r = request.into_inner();
+        let applied = self.propose(WriteRequest::Compact { revision: r.revision }).await?;
+        if r.physical {
+            self.compactor.wait_for(r.revision).await;
+        }
+        Ok(Response::new(CompactionResponse { header: Some(self.node.header(applied.revision)) }))
+    }
+}

@@ -1,0 +1,154 @@
+//! `run`: opens the store, starts the apply pipeline and background tasks, serves gRPC and
+//! HTTP on every client URL, and shuts down in a fixed order when `shutdown` resolves: stop
+//! accepting, end watch and keep-alive streams, drain requests, stop background tasks, then
+//! stop the apply pipeline (which has fsynced every acknowledged write).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use etcd_proto::etcdserverpb::auth_server::AuthServer;
+use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
+use etcd_proto::etcdserverpb::kv_server::KvServer;
+use etcd_proto::etcdserverpb::lease_server::LeaseServer;
+use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use etcd_proto::etcdserverpb::watch_server::WatchServer;
+use futures::StreamExt;
+use store::{BackendOptions, Store};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::applier::{Applier, ApplierConfig};
+use crate::auth::AuthService;
+use crate::cluster::ClusterService;
+use crate::compactor::{self, Compactor};
+use crate::config::Config;
+use crate::kv::KvService;
+use crate::lease::{self, LeaseService};
+use crate::lessor::Lessor;
+use crate::maintenance::MaintenanceService;
+use crate::member::{cluster_id, member_id, Member};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::watch::WatchService;
+use crate::watch_hub::WatchHub;
+
+/// etcd lets gRPC messages exceed `--max-request-bytes` by this much, so that an oversized
+/// request reaches the server and gets etcd's own "request is too large" error.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("store: {0}")]
+    Store(#[from] store::Error),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let context = context.into();
+    move |source| ServerError::Io { context, source }
+}
+
+/// The directory RocksDB lives in, under the data directory.
+pub fn kv_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("member").join("kv")
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    let kv = kv_dir(&config.data_dir);
+    std::fs::create_dir_all(&kv).map_err(io_err(format!("creating {}", kv.display())))?;
+    let (store, writer) = Store::open(&kv, &BackendOptions { block_cache_bytes: config.block_cache_bytes })?;
+    let id = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
+    let member = Member {
+        id,
+        name: config.name.clone(),
+        peer_urls: config.advertise_peer_urls.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+    };
+    let metrics = Arc::new(Metrics::new(&config.reported_etcd_version));
+    let hub = WatchHub::new();
+    let (compact_tx, compact_rx) = mpsc::unbounded_channel();
+    let applier_cfg = ApplierConfig { member_id: id, quota_backend_bytes: config.quota_backend_bytes };
+    let (applier, apply_thread) = Applier::start(writer, hub.clone(), metrics.clone(), applier_cfg, compact_tx)
+        .map_err(io_err("starting the apply thread"))?;
+    let lessor = Lessor::new(Lessor::min_ttl_for(config.election_timeout));
+    let now = tokio::time::Instant::now();
+    for (lease_id, ttl) in store.leases()? {
+        lessor.track(lease_id, ttl, now);
+    }
+    let compactor = Compactor::start(store.clone(), compact_rx);
+    let node = Arc::new(Node {
+        cluster_id: cluster_id(&[id]),
+        member,
+        store: store.clone(),
+        applier: applier.clone(),
+        hub,
+        lessor,
+        metrics,
+        config: config.clone(),
+    });
+    tracing::info!(
+        name = %config.name,
+        member_id = format!("{id:x}"),
+        cluster_id = format!("{:x}", node.cluster_id),
+        data_dir = %config.data_dir.display(),
+        revision = store.current_revision(),
+        "starting cairn"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = [
+        tokio::spawn(lease::run_expiry(node.clone(), stop_rx.clone())),
+        tokio::spawn(compactor::run_auto(config.auto_compaction.clone(), store.clone(), applier.clone(), stop_rx.clone())),
+    ];
+
+    let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let routes = tonic::service::Routes::from(crate::http::router(node.clone()))
+        .add_service(KvServer::new(KvService::new(node.clone(), compactor)).max_decoding_message_size(max_recv))
+        .add_service(WatchServer::new(WatchService::new(node.clone(), stop_rx.clone())).max_decoding_message_size(max_recv))
+        .add_service(LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone())).max_decoding_message_size(max_recv))
+        .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+        .add_service(MaintenanceServer::new(MaintenanceService::new(node.clone())).max_encoding_message_size(usize::MAX))
+        .add_service(AuthServer::new(AuthService::new(node.clone())));
+
+    let mut incoming = Vec::new();
+    for addr in &config.listen_client {
+        let listener = TcpListener::bind(addr).await.map_err(io_err(format!("listening on {addr}")))?;
+        tracing::info!(address = %listener.local_addr().map_err(io_err("reading the bound address"))?, "serving client traffic (gRPC and HTTP)");
+        incoming.push(TcpListenerStream::new(listener));
+    }
+    let incoming = futures::stream::select_all(incoming).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
+    drop(node);
+
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing streams and draining requests");
+        let _ = stop_tx.send(true);
+    };
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await?;
+
+    for task in background {
+        let _ = task.await;
+    }
+    // The last handles to the pipeline go now; its thread drains and exits.
+    drop(applier);
+    tokio::task::spawn_blocking(move || apply_thread.join())
+        .await
+        .map_err(|e| ServerError::Io { context: "joining the apply thread".into(), source: std::io::Error::other(e) })?
+        .map_err(|_| ServerError::Io { context: "apply thread panicked".into(), source: std::io::Error::other("panic") })?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! The Watch service. One task per stream owns that stream's watchers. Each watcher knows the
+//! next revision it must deliver (`next_rev`); events reach it from the hub's live batches, or,
+//! when it starts in the past or its stream lagged behind the hub, from the store's history in
+//! bounded chunks. Because every delivery moves `next_rev` forward and skips older events, a
+//! watcher sees each revision exactly once and in order, whichever path carried it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use etcd_proto::etcdserverpb::watch_create_request::FilterType;
+use etcd_proto::etcdserverpb::watch_request::RequestUnion;
+use etcd_proto::etcdserverpb::watch_server::Watch;
+use etcd_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use etcd_proto::mvccpb::{event::EventType, Event};
+use futures::StreamExt;
+use prost::Message;
+use store::mvcc::RangeEnd;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::Node;
+use crate::watch_hub::EventBatch;
+
+/// Responses queued per stream before the stream task waits for the client.
+pub const WATCH_RESPONSES_QUEUED_MAX: usize = 128;
+/// Events read from history per chunk when a watcher catches up.
+pub const CATCH_UP_EVENTS_MAX: usize = 1000;
+/// etcd's watch ID for responses that belong to no watcher (progress for the whole stream).
+pub const INVALID_WATCH_ID: i64 = -1;
+
+pub struct WatchService {
+    node: Arc<Node>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl WatchService {
+    pub fn new(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
+        WatchService { node, shutdown }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let input = request.into_inner();
+        let (tx, rx) = mpsc::channel(WATCH_RESPONSES_QUEUED_MAX);
+        // Subscribe before anything is read, so no batch published from now on is missed.
+        let hub = self.node.hub.subscribe();
+        let stream = WatchStream { node: self.node.clone(), tx, watchers: BTreeMap::new(), next_id: 0 };
+        tokio::spawn(stream.run(input, hub, self.shutdown.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Watcher {
+    key: Vec<u8>,
+    end: RangeEnd,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// The oldest revision not yet delivered.
+    next_rev: i64,
+    /// Whether events were sent since the last periodic progress tick.
+    sent_since_tick: bool,
+}
+
+impl Watcher {
+    fn wants(&self, e: &Event) -> bool {
+        let kv = e.kv.as_ref().expect("events carry a kv");
+        if kv.mod_revision < self.next_rev || !self.end.contains(&self.key, &kv.key) {
+            return false;
+        }
+        match EventType::try_from(e.r#type) {
+            Ok(EventType::Put) => !self.no_put,
+            Ok(EventType::Delete) => !self.no_delete,
+            Err(_) => false,
+        }
+    }
+
+    fn shape(&self, e: &Event) -> Event {
+        let mut e = e.clone();
+        if !self.prev_kv {
+            e.prev_kv = None;
+        }
+        e
+    }
+}
+
+/// The client went away; the stream task ends.
+struct Closed;
+
+struct WatchStream {
+    node: Arc<Node>,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+}
+
+impl WatchStream {
+    /// Runs until the client closes its side, the client goes away, or the server shuts down.
+    async fn run(
+        mut self,
+        mut input: Streaming<WatchRequest>,
+        mut hub: broadcast::Receiver<Arc<EventBatch>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        self.node.metrics.watch_streams.inc();
+        let mut ticker = tokio::time::interval(self.node.config.progress_notify_interval.max(std::time::Duration::from_millis(100)));
+        ticker.tick().await;
+        loop {
+            let step = tokio::select! {
+                msg = input.next() => match msg {
+                    Some(Ok(req)) => self.handle(req, &mut hub).await,
+                    _ => Err(Closed),
+                },
+                batch = hub.recv() => match batch {
+                    Ok(batch) => self.deliver(&batch).await,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "watch stream lagged; catching up from history");
+                        self.catch_up_all().await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => Err(Closed),
+                },
+                _ = ticker.tick() => self.progress_tick().await,
+                _ = shutdown.changed() => Err(Closed),
+            };
+            if step.is_err() {
+                break;
+            }
+        }
+        self.node.metrics.watchers.sub(self.watchers.len() as i64);
+        self.node.metrics.watch_streams.dec();
+    }
+
+    async fn send(&self, resp: WatchResponse) -> Result<(), Closed> {
+        self.tx.send(Ok(resp)).await.map_err(|_| Closed)
+    }
+
+    fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
+        WatchResponse { header: Some(self.node.header(revision)), watch_id, ..Default::default() }
+    }
+
+    async fn handle(&mut self, req: WatchRequest, hub: &mut broadcast::Receiver<Arc<EventBatch>>) -> Result<(), Closed> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_some() {
+                    self.node.metrics.watchers.dec();
+                    let mut resp = self.response(c.watch_id, self.node.store.current_revision());
+                    resp.canceled = true;
+                    self.send(resp).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Deliver what the hub already holds, then report the newest revision every
+                // watcher on this stream has been sent, never one it has not.
+                loop {
+                    match hub.try_recv() {
+                        Ok(batch) => self.deliver(&batch).await?,
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => self.catch_up_all().await?,
+                        Err(_) => break,
+                    }
+                }
+                let rev = self.synced_revision();
+                self.send(self.response(INVALID_WATCH_ID, rev)).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The newest revision all watchers have been sent (the current one with no watchers).
+    fn synced_revision(&self) -> i64 {
+        let current = self.node.store.current_revision();
+        self.watchers.values().map(|w| w.next_rev - 1).min().unwrap_or(current).min(current)
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
+        let current = self.node.store.current_revision();
+        let end = RangeEnd::from_request(&c.range_end);
+        let refuse = |reason: &str| {
+            let mut resp = self.response(INVALID_WATCH_ID, current);
+            resp.created = true;
+            resp.canceled = true;
+            resp.cancel_reason = reason.to_string();
+            resp
+        };
+        if matches!(&end, RangeEnd::Before(e) if c.key >= *e) {
+            return self.send(refuse("mvcc: watcher range is empty")).await;
+        }
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                return self.send(refuse("mvcc: duplicate watch ID provided on the WatchStream")).await;
+            }
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
+        let next_rev = if c.start_revision == 0 { current + 1 } else { c.start_revision.max(1) };
+        let watcher = Watcher {
+            key: c.key,
+            end,
+            no_put: c.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: c.prev_kv,
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+            next_rev,
+            sent_since_tick: false,
+        };
+        self.watchers.insert(id, watcher);
+        self.node.metrics.watchers.inc();
+        let mut resp = self.response(id, current);
+        resp.created = true;
+        self.send(resp).await?;
+        self.catch_up(id).await
+    }
+
+    async fn catch_up_all(&mut self) -> Result<(), Closed> {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            self.catch_up(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a watcher everything from its `next_rev` up to the current revision, reading
+    /// history in bounded chunks; cancels it if that history was compacted.
+    async fn catch_up(&mut self, id: i64) -> Result<(), Closed> {
+        loop {
+            let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+            let current = self.node.store.current_revision();
+            if w.next_rev > current {
+                return Ok(());
+            }
+            let (store, from, key, end) = (self.node.store.clone(), w.next_rev, w.key.clone(), w.end.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                store.history(from, current, CATCH_UP_EVENTS_MAX, |k| end.contains(&key, k))
+            })
+            .await;
+            let history = match read {
+                Ok(Ok(h)) => h,
+                Ok(Err(store::Error::Compacted { compacted, .. })) => {
+                    self.watchers.remove(&id);
+                    self.node.metrics.watchers.dec();
+                    let mut resp = self.response(id, current);
+                    resp.compact_revision = compacted;
+                    resp.canceled = true;
+                    return self.send(resp).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reading watch history failed");
+                    return Err(Closed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "watch history task failed");
+                    return Err(Closed);
+                }
+            };
+            let w = self.watchers.get(&id).expect("present");
+            let events: Vec<Event> = history.events.iter().filter(|e| w.wants(e)).map(|e| w.shape(e)).collect();
+            let to_rev = history.next - 1;
+            self.send_events(id, events, to_rev).await?;
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.next_rev = history.next;
+            }
+        }
+    }
+
+    async fn deliver(&mut self, batch: &EventBatch) -> Result<(), Closed> {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let w = self.watchers.get(&id).expect("present");
+            if batch.to_rev < w.next_rev {
+                continue;
+            }
+            let events: Vec<Event> = batch.events.iter().filter(|e| w.wants(e)).map(|e| w.shape(e)).collect();
+            self.send_events(id, events, batch.to_rev).await?;
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.next_rev = batch.to_rev + 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends events for one watcher, split into fragments if it asked for them and the
+    /// response would exceed the request size limit.
+    async fn send_events(&mut self, id: i64, events: Vec<Event>, revision: i64) -> Result<(), Closed> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
+        w.sent_since_tick = true;
+        let fragment = w.fragment;
+        let mut resp = self.response(id, revision);
+        resp.events = events;
+        let limit = self.node.config.max_request_bytes;
+        if !fragment || resp.encoded_len() < limit || resp.events.len() < 2 {
+            return self.send(resp).await;
+        }
+        let all = std::mem::take(&mut resp.events);
+        let mut chunk: Vec<Event> = Vec::new();
+        let mut size = 0;
+        let count = all.len();
+        for (i, e) in all.into_iter().enumerate() {
+            size += e.encoded_len();
+            chunk.push(e);
+            let last = i + 1 == count;
+            if size >= limit || last {
+                let mut part = self.response(id, revision);
+                part.events = std::mem::take(&mut chunk);
+                part.fragment = !last;
+                self.send(part).await?;
+                size = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a progress notification to each progress-notify watcher that got no events since
+    /// the last tick, as etcd does.
+    async fn progress_tick(&mut self) -> Result<(), Closed> {
+        let current = self.node.store.current_revision();
+        let mut due = Vec::new();
+        for (&id, w) in self.watchers.iter_mut() {
+            if w.progress_notify && !w.sent_since_tick {
+                due.push((id, (w.next_rev - 1).min(current)));
+            }
+            w.sent_since_tick = false;
+        }
+        for (id, rev) in due {
+            self.send(self.response(id, rev)).await?;
+        }
+        Ok(())
+    }
+}
