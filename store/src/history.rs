@@ -43,7 +43,7 @@ impl Store {
             last_main = r.main;
             let key = revs.value().expect("valid");
             if wanted(key) {
-                out.events.push(read_event(&mut versions, key, r)?);
+                out.events.push(read_event(&mut versions, key, r, compacted)?);
             }
             revs.next();
         }
@@ -52,7 +52,10 @@ impl Store {
     }
 }
 
-fn read_event(versions: &mut rocksdb::DBRawIterator<'_>, key: &[u8], r: Revision) -> Result<Event> {
+/// Reads the change at `r` with its `prev_kv`: as etcd defines it, the key's live version at
+/// revision `r.main - 1` (so not an earlier change in the same txn), if not compacted away,
+/// and none for a put that creates the key.
+fn read_event(versions: &mut rocksdb::DBRawIterator<'_>, key: &[u8], r: Revision, compacted: i64) -> Result<Event> {
     let vk = version_key(key, r);
     versions.seek(&vk);
     if !versions.valid() || versions.key().expect("valid") != &vk[..] {
@@ -60,18 +63,25 @@ fn read_event(versions: &mut rocksdb::DBRawIterator<'_>, key: &[u8], r: Revision
         return Err(Error::Corrupt { cf: CF_KEY, detail: format!("revision {r} has no version") });
     }
     let (tombstone, kv) = decode_version(versions.value().expect("valid"))?;
-    // The next entry is the key's previous version, if it has not been compacted away.
-    versions.next();
+    // Older versions follow, newest first; skip those from the same txn.
+    let n = vk.len() - crate::revision::REVISION_LEN;
     let mut prev_kv = None;
-    if versions.valid() {
+    versions.next();
+    let creates = !tombstone && kv.create_revision == kv.mod_revision;
+    while !creates && r.main - 1 >= compacted && versions.valid() {
         let k = versions.key().expect("valid");
-        let n = vk.len() - crate::revision::REVISION_LEN;
-        if escaped_len(k) == Some(n) && k[..n] == vk[..n] {
+        if escaped_len(k) != Some(n) || k[..n] != vk[..n] {
+            break;
+        }
+        let older = Revision::decode_desc(&k[n..]).ok_or_else(|| Error::Corrupt { cf: CF_KEY, detail: "malformed revision".into() })?;
+        if older.main < r.main {
             let (prev_tomb, prev) = decode_version(versions.value().expect("valid"))?;
             if !prev_tomb {
                 prev_kv = Some(prev);
             }
+            break;
         }
+        versions.next();
     }
     let r#type = if tombstone { EventType::Delete } else { EventType::Put } as i32;
     Ok(Event { r#type, kv: Some(kv), prev_kv })

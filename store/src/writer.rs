@@ -206,10 +206,26 @@ impl<'a> Change<'a> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
+        self.get_before(key)
+    }
+
+    /// The live version of `key` before this request.
+    fn get_before(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         Ok(match mvcc::latest(&mut self.iter(), key, self.base)? {
             Some((_, false, kv)) => Some(kv),
             _ => None,
         })
+    }
+
+    /// An event's `prev_kv`, as etcd defines it: the key at the previous revision, so a key
+    /// changed twice in one txn reports its state before the txn both times (etcd's watch
+    /// reads it with a range at `mod_revision - 1`).
+    fn event_prev(&self, key: &[u8], current: Option<&KeyValue>) -> Result<Option<KeyValue>> {
+        if self.overlay.contains_key(key) {
+            self.get_before(key)
+        } else {
+            Ok(current.cloned())
+        }
     }
 
     /// Live versions in `[key, range_end)` as this request sees them, in key order.
@@ -249,8 +265,10 @@ impl<'a> Change<'a> {
             self.batch.put_cf(cf(self.db, CF_LEASE), backend::lease_attachment(lease, &p.key), []);
         }
         self.write_version(&kv, false);
-        let prev_kv = if p.prev_kv { prev.clone() } else { None };
-        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: prev });
+        // As etcd: a put that creates the key carries no prev_kv in its event.
+        let event_prev = if kv.create_revision == kv.mod_revision { None } else { self.event_prev(&p.key, prev.as_ref())? };
+        let prev_kv = if p.prev_kv { prev } else { None };
+        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: event_prev });
         self.overlay.insert(p.key.clone(), Some(kv));
         Ok(PutResponse { header: Some(header(self.rev)), prev_kv })
     }
@@ -259,7 +277,7 @@ impl<'a> Change<'a> {
         let victims = self.live_in_range(&d.key, &d.range_end)?;
         let deleted = victims.len() as i64;
         for kv in &victims {
-            self.delete_live(kv.clone());
+            self.delete_live(kv.clone())?;
         }
         let revision = if self.sub > 0 { self.rev } else { self.base };
         Ok(DeleteRangeResponse {
@@ -272,19 +290,21 @@ impl<'a> Change<'a> {
     /// Deletes `key` if it is live (used by lease revocation).
     fn delete_key(&mut self, key: &[u8]) -> Result<()> {
         if let Some(kv) = self.get(key)? {
-            self.delete_live(kv);
+            self.delete_live(kv)?;
         }
         Ok(())
     }
 
-    fn delete_live(&mut self, prev: KeyValue) {
+    fn delete_live(&mut self, prev: KeyValue) -> Result<()> {
         if prev.lease != 0 {
             self.batch.delete_cf(cf(self.db, CF_LEASE), backend::lease_attachment(prev.lease, &prev.key));
         }
         let tomb = KeyValue { key: prev.key.clone(), mod_revision: self.rev, ..Default::default() };
         self.write_version(&tomb, true);
+        let event_prev = self.event_prev(&prev.key, Some(&prev))?;
         self.overlay.insert(prev.key.clone(), None);
-        self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(prev) });
+        self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: event_prev });
+        Ok(())
     }
 
     fn write_version(&mut self, kv: &KeyValue, tombstone: bool) {
