@@ -318,7 +318,8 @@ impl<'a> Change<'a> {
         // As etcd: choose every branch and check the chosen puts and ranges against the
         // state before the txn, then execute; a failed check changes nothing.
         let path = self.txn_path(t)?;
-        self.check_txn(t, &path, &mut 0)?;
+        self.check_txn(t, &path, &mut 0, Check::Puts)?;
+        self.check_txn(t, &path, &mut 0, Check::Ranges)?;
         let resp = self.exec_txn(t, &path, &mut 0)?;
         Ok(resp)
     }
@@ -341,15 +342,16 @@ impl<'a> Change<'a> {
         Ok(path)
     }
 
-    fn check_txn(&self, t: &TxnRequest, path: &[bool], at: &mut usize) -> Result<()> {
+    /// One of etcd's two checking passes over the chosen branches (all puts, then all ranges).
+    fn check_txn(&self, t: &TxnRequest, path: &[bool], at: &mut usize, pass: Check) -> Result<()> {
         let ops = if path[*at] { &t.success } else { &t.failure };
         for op in ops {
             match &op.request {
                 Some(request_op::Request::RequestTxn(inner)) => {
                     *at += 1;
-                    self.check_txn(inner, path, at)?;
+                    self.check_txn(inner, path, at, pass)?;
                 }
-                Some(request_op::Request::RequestPut(p)) => {
+                Some(request_op::Request::RequestPut(p)) if pass == Check::Puts => {
                     if (p.ignore_value || p.ignore_lease) && self.get(&p.key)?.is_none() {
                         return Err(Error::KeyNotFound);
                     }
@@ -357,7 +359,7 @@ impl<'a> Change<'a> {
                         return Err(Error::LeaseNotFound(p.lease));
                     }
                 }
-                Some(request_op::Request::RequestRange(r)) => {
+                Some(request_op::Request::RequestRange(r)) if pass == Check::Ranges => {
                     if r.revision > self.base {
                         return Err(Error::FutureRev { requested: r.revision, current: self.base });
                     }
@@ -401,6 +403,12 @@ impl<'a> Change<'a> {
     fn txn_range(&self, r: &RangeRequest) -> Result<etcd_proto::etcdserverpb::RangeResponse> {
         range::execute(&TxnSource { change: self }, r)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Puts,
+    Ranges,
 }
 
 /// Reads inside a txn: the store as of the txn's start, overlaid with the txn's own writes.

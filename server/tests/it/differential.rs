@@ -211,6 +211,8 @@ async fn exec(c: &mut Client, op: &Op) -> String {
             norm_header(&mut x.header);
             // The remaining TTL depends on timing; whether the lease exists does not.
             x.ttl = x.ttl.signum();
+            // etcd lists a lease's keys from a Go map, in no particular order.
+            x.keys.sort();
             format!("{x:?}")
         }),
     };
