@@ -60,12 +60,12 @@ impl Lessor {
         Some(d.ttl_secs)
     }
 
-    /// Seconds left before `id` expires (rounded up, as etcd reports), with its granted TTL.
+    /// Whole seconds left before `id` expires (truncated, as etcd reports: the lease expires in
+    /// under TTL+1 seconds), with its granted TTL.
     pub fn remaining(&self, id: i64, now: Instant) -> Option<(i64, i64)> {
         let leases = self.leases.lock().expect("lessor lock");
         let d = leases.get(&id)?;
-        let left = d.expires.saturating_duration_since(now);
-        let secs = left.as_millis().div_ceil(1000) as i64;
+        let secs = d.expires.saturating_duration_since(now).as_secs() as i64;
         Some((secs, d.ttl_secs))
     }
 
@@ -101,7 +101,9 @@ mod tests {
         lessor.track(1, 5, t0);
         lessor.track(2, 10, t0);
         assert_eq!(lessor.remaining(1, t0), Some((5, 5)));
-        tokio::time::advance(Duration::from_secs(4)).await;
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(lessor.remaining(1, Instant::now()), Some((4, 5)));
+        tokio::time::advance(Duration::from_millis(3990)).await;
         assert_eq!(lessor.keep_alive(1, Instant::now()), Some(5));
         tokio::time::advance(Duration::from_secs(4)).await;
         assert!(lessor.expired(Instant::now(), 10).is_empty());

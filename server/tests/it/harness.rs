@@ -77,6 +77,13 @@ impl Server {
         s
     }
 
+    /// Starts a server on an existing data directory (e.g. one restored from a snapshot).
+    pub fn start_on(kind: Kind, data_dir: PathBuf) -> Server {
+        let mut s = Server { kind, port: 0, data_dir, child: None, extra: vec![], _tmp: None };
+        s.spawn();
+        s
+    }
+
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

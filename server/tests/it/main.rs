@@ -2,5 +2,6 @@
 //! `etcd-client` crate, real etcd 3.5.1 as the oracle for differential tests, and crash tests.
 
 mod differential;
+mod etcdctl;
 mod grpc;
 mod harness;

@@ -1,0 +1,228 @@
+//! The etcdctl suite: the same etcdctl commands run against real etcd 3.5.1 and against cairn,
+//! and what etcdctl prints (stdout, and the `Error:` lines of stderr) must be equal once IDs,
+//! ports, hashes and timings are normalized. Runs with etcdctl 3.5 and, where installed,
+//! Debian's etcdctl 3.4.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::harness::{etcdctl, etcdctl34, etcdctl35, etcdctl_stdin, Kind, Server};
+
+/// One step of a script: etcdctl arguments, with `{LEASE}` replaced by the last granted lease.
+enum Step {
+    Ctl(&'static [&'static str]),
+    Stdin(&'static [&'static str], &'static str),
+    /// Runs a long-lived command (watch, elect) for a moment, then stops it.
+    Briefly(&'static [&'static str]),
+    /// `lease grant`, remembering the ID.
+    Grant(&'static str),
+    /// Puts a value of this many bytes through stdin.
+    BigPut(&'static str, usize),
+}
+
+fn normalize(text: &str) -> String {
+    let rules: &[(&str, &str)] = &[
+        (r"127\.0\.0\.1:\d+", "EP"),
+        (r"\b[0-9a-f]{12,16}\b", "ID"),
+        (r#""(cluster_id|member_id|ID)":\d+"#, r#""$1":N"#),
+        (r#""(ClusterID|MemberID)" : \d+"#, r#""$1" : N"#),
+        (r#""lease":[1-9]\d*"#, r#""lease":L"#),
+        (r#""id":\d+"#, r#""id":N"#),
+        (r"took = [\d.]+[µmn]?s", "took = T"),
+        (r"remaining\(\d+s\)", "remaining(Ns)"),
+        (r"EP, \d+", "EP, HASH"),
+    ];
+    let mut out = text.to_string();
+    for (pat, rep) in rules {
+        out = Regex::new(pat).unwrap().replace_all(&out, *rep).into_owned();
+    }
+    out
+}
+
+fn run_script(bin: &Path, server: &Server, steps: &[Step]) -> Vec<String> {
+    let ep = server.endpoint();
+    let mut lease = String::new();
+    let mut outputs = Vec::new();
+    for step in steps {
+        let fill = |args: &[&str]| -> Vec<String> { args.iter().map(|a| a.replace("{LEASE}", &lease)).collect() };
+        let (args, out) = match step {
+            Step::Ctl(args) => {
+                let a = fill(args);
+                let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+                (a.join(" "), etcdctl(bin, &ep, &refs))
+            }
+            Step::Stdin(args, input) => {
+                let a = fill(args);
+                let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+                (a.join(" "), etcdctl_stdin(bin, &ep, &refs, input))
+            }
+            Step::Grant(ttl) => {
+                let out = etcdctl(bin, &ep, &["lease", "grant", ttl]);
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                lease = text.split_whitespace().nth(1).unwrap_or_default().to_string();
+                (format!("lease grant {ttl}"), out)
+            }
+            Step::Briefly(args) => {
+                let mut child = Command::new(bin)
+                    .env("ETCDCTL_API", "3")
+                    .arg(format!("--endpoints={ep}"))
+                    .args(fill(args))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(1500));
+                let _ = child.kill();
+                (fill(args).join(" "), child.wait_with_output().unwrap())
+            }
+            Step::BigPut(key, size) => {
+                let value = "v".repeat(*size);
+                (format!("put {key} <{size} bytes>"), etcdctl_stdin(bin, &ep, &["put", key], &value))
+            }
+        };
+        let errors: Vec<&str> = std::str::from_utf8(&out.stderr).unwrap_or("").lines().filter(|l| l.starts_with("Error")).collect();
+        outputs.push(normalize(&format!("$ {args}\n{}{}", String::from_utf8_lossy(&out.stdout), errors.join("\n"))));
+    }
+    outputs
+}
+
+fn compare(bin: &Path, steps: &[Step]) {
+    let etcd = Server::start(Kind::Etcd);
+    let cairn = Server::start(Kind::Cairn);
+    let want = run_script(bin, &etcd, steps);
+    let got = run_script(bin, &cairn, steps);
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w, g, "etcdctl ({}) printed differently for etcd (left) and cairn (right)", bin.display());
+    }
+}
+
+const TXN: &str = "mod(\"goo\") > \"0\"\n\nput goo new\nget goo\n\ndel goo\n\n";
+const TXN_FAILS: &str = "value(\"nope\") = \"x\"\n\nput a 1\n\nput b 2\nget b\n\n";
+const TXN_DUP: &str = "\nput a 1\nput a 2\n\n\n";
+
+fn kv_steps() -> Vec<Step> {
+    use Step::*;
+    vec![
+        Ctl(&["put", "foo", "bar"]),
+        Ctl(&["put", "foo", "bar2", "--prev-kv"]),
+        Ctl(&["get", "foo"]),
+        Ctl(&["get", "foo", "-w", "json"]),
+        Ctl(&["put", "foo2", "x"]),
+        Ctl(&["put", "foo3", "y"]),
+        Ctl(&["put", "goo", "z"]),
+        Ctl(&["get", "foo", "--prefix"]),
+        Ctl(&["get", "foo", "--prefix", "--limit=2", "-w", "json"]),
+        Ctl(&["get", "foo", "--from-key", "--keys-only"]),
+        Ctl(&["get", "", "--prefix", "--count-only", "-w", "fields"]),
+        Ctl(&["get", "foo", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"]),
+        Ctl(&["get", "foo", "--prefix", "--sort-by=VALUE", "--order=ASCEND", "--print-value-only"]),
+        Ctl(&["get", "foo", "--rev=2"]),
+        Ctl(&["get", "foo", "--prefix", "--consistency=s", "-w", "simple"]),
+        Ctl(&["get", "foo", "--prefix", "--min-mod-rev=4", "--max-mod-rev=5"]),
+        Ctl(&["get", "foo", "--prefix", "--min-create-rev=4"]),
+        Ctl(&["get", "foo", "--rev=1000"]),
+        Ctl(&["put", "", "x"]),
+        Stdin(&["txn"], TXN),
+        Stdin(&["txn"], TXN_FAILS),
+        Stdin(&["txn", "-w", "json"], TXN),
+        Stdin(&["txn"], TXN_DUP),
+        Ctl(&["del", "foo3", "--prev-kv"]),
+        Ctl(&["del", "foo", "--prefix"]),
+        Ctl(&["del", "a", "--from-key"]),
+        Ctl(&["get", "", "--from-key"]),
+        Briefly(&["watch", "--rev=1", "--prefix", "foo"]),
+        Briefly(&["watch", "--rev=1", "--prefix", "", "--prev-kv"]),
+        Briefly(&["watch", "--rev=2", "goo", "-w", "json"]),
+        BigPut("big", 2 * 1024 * 1024),
+        Ctl(&["compaction", "5"]),
+        Ctl(&["compaction", "5"]),
+        Ctl(&["get", "foo", "--rev=3"]),
+        Briefly(&["watch", "--rev=2", "--prefix", ""]),
+    ]
+}
+
+fn lease_and_maintenance_steps() -> Vec<Step> {
+    use Step::*;
+    vec![
+        Grant("100"),
+        Ctl(&["put", "lk", "v", "--lease={LEASE}"]),
+        Ctl(&["put", "lk2", "v", "--lease={LEASE}"]),
+        Ctl(&["lease", "timetolive", "{LEASE}"]),
+        Ctl(&["lease", "list"]),
+        Ctl(&["lease", "keep-alive", "--once", "{LEASE}"]),
+        Ctl(&["get", "lk", "-w", "json"]),
+        Ctl(&["lease", "revoke", "{LEASE}"]),
+        Ctl(&["get", "lk"]),
+        Ctl(&["lease", "timetolive", "{LEASE}"]),
+        Ctl(&["lease", "revoke", "{LEASE}"]),
+        Ctl(&["put", "x", "y", "--lease=1234"]),
+        Grant("1"),
+        Ctl(&["lease", "timetolive", "{LEASE}", "-w", "json"]),
+        Ctl(&["defrag"]),
+        Ctl(&["endpoint", "health"]),
+        Ctl(&["endpoint", "hashkv"]),
+        Ctl(&["member", "list"]),
+        Ctl(&["alarm", "list"]),
+        Ctl(&["alarm", "disarm"]),
+        Ctl(&["auth", "status"]),
+        Ctl(&["move-leader", "1234"]),
+        Briefly(&["elect", "myelection", "proposal"]),
+        Ctl(&["lock", "mylock", "echo", "locked"]),
+        Ctl(&["get", "", "--prefix", "--keys-only"]),
+    ]
+}
+
+#[test]
+fn etcdctl35_kv_commands_print_what_etcd_prints() {
+    compare(&etcdctl35(), &kv_steps());
+}
+
+#[test]
+fn etcdctl35_lease_and_maintenance_commands_print_what_etcd_prints() {
+    compare(&etcdctl35(), &lease_and_maintenance_steps());
+}
+
+#[test]
+fn etcdctl34_prints_what_etcd_prints() {
+    let Some(bin) = etcdctl34() else {
+        eprintln!("Debian's etcdctl 3.4 is not installed; skipping");
+        return;
+    };
+    let mut steps = kv_steps();
+    steps.extend(lease_and_maintenance_steps());
+    compare(&bin, &steps);
+}
+
+#[test]
+fn snapshot_save_and_restore_round_trip() {
+    let cairn = Server::start(Kind::Cairn);
+    for i in 0..50 {
+        assert!(cairn.ctl(&["put", &format!("snap/{i:02}"), &format!("v{i}")]).status.success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    let out = cairn.ctl(&["snapshot", "save", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("Snapshot saved at {}", file.display()));
+    assert_eq!(std::fs::metadata(&file).unwrap().len() % 512, 32);
+    let restored = dir.path().join("restored.etcd");
+    let status = Command::new(crate::harness::cairn_bin())
+        .args(["snapshot", "restore", file.to_str().unwrap(), "--data-dir", restored.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let again = Command::new(crate::harness::cairn_bin())
+        .args(["snapshot", "restore", file.to_str().unwrap(), "--data-dir", restored.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "restoring over an existing data dir must fail");
+    let copy = Server::start_on(Kind::Cairn, restored);
+    let got = copy.ctl(&["get", "snap/", "--prefix", "--print-value-only"]);
+    let values: Vec<String> = String::from_utf8_lossy(&got.stdout).lines().map(String::from).collect();
+    assert_eq!(values, (0..50).map(|i| format!("v{i}")).collect::<Vec<_>>());
+    let hash = |s: &Server| String::from_utf8_lossy(&s.ctl(&["endpoint", "hashkv"]).stdout).split(", ").nth(1).map(String::from);
+    assert_eq!(hash(&cairn), hash(&copy), "a restored store hashes like the original");
+}
