@@ -2,6 +2,7 @@
 //! `etcd-client` crate, real etcd 3.5.1 as the oracle for differential tests, and crash tests.
 
 mod differential;
+mod crash;
 mod etcdctl;
 mod grpc;
 mod harness;
