@@ -252,7 +252,8 @@ impl WatchStream {
                 Ok(Err(store::Error::Compacted { compacted, .. })) => {
                     self.watchers.remove(&id);
                     self.node.metrics.watchers.dec();
-                    let mut resp = self.response(id, current);
+                    // As etcd, whose compaction notice carries a header at revision 0.
+                    let mut resp = self.response(id, 0);
                     resp.compact_revision = compacted;
                     resp.canceled = true;
                     return self.send(resp).await;
@@ -293,7 +294,7 @@ impl WatchStream {
     }
 
     /// Sends events for one watcher, split into fragments if it asked for them and the
-    /// response would exceed the request size limit.
+    /// response would exceed `--max-request-bytes` plus 512 KiB (etcd's threshold).
     async fn send_events(&mut self, id: i64, events: Vec<Event>, revision: i64) -> Result<(), Closed> {
         if events.is_empty() {
             return Ok(());
@@ -303,27 +304,27 @@ impl WatchStream {
         let fragment = w.fragment;
         let mut resp = self.response(id, revision);
         resp.events = events;
-        let limit = self.node.config.max_request_bytes;
+        // etcd's threshold: the request limit plus gRPC's allowance for framing.
+        let limit = self.node.config.max_request_bytes + crate::server::GRPC_OVERHEAD_BYTES;
         if !fragment || resp.encoded_len() < limit || resp.events.len() < 2 {
             return self.send(resp).await;
         }
+        // etcd's rule: fill a fragment until one more event would reach the limit (a fragment
+        // always holds at least one event); every fragment but the last is marked.
         let all = std::mem::take(&mut resp.events);
-        let mut chunk: Vec<Event> = Vec::new();
-        let mut size = 0;
-        let count = all.len();
-        for (i, e) in all.into_iter().enumerate() {
-            size += e.encoded_len();
-            chunk.push(e);
-            let last = i + 1 == count;
-            if size >= limit || last {
-                let mut part = self.response(id, revision);
-                part.events = std::mem::take(&mut chunk);
-                part.fragment = !last;
-                self.send(part).await?;
-                size = 0;
+        let mut part = self.response(id, revision);
+        part.fragment = true;
+        for e in all {
+            part.events.push(e);
+            if part.events.len() > 1 && part.encoded_len() >= limit {
+                let carried = part.events.pop().expect("just pushed");
+                self.send(std::mem::replace(&mut part, self.response(id, revision))).await?;
+                part.fragment = true;
+                part.events.push(carried);
             }
         }
-        Ok(())
+        part.fragment = false;
+        self.send(part).await
     }
 
     /// Sends a progress notification to each progress-notify watcher that got no events since

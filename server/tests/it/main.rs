@@ -6,3 +6,4 @@ mod crash;
 mod etcdctl;
 mod grpc;
 mod harness;
+mod watch;
