@@ -25,9 +25,15 @@ pub const PROPOSALS_QUEUED_MAX: usize = 8192;
 pub const APPLY_BATCH_MAX: usize = 1024;
 
 enum Command {
-    Propose { req: WriteRequest, reply: oneshot::Sender<Result<Applied, Status>> },
+    Propose {
+        req: WriteRequest,
+        reply: oneshot::Sender<Result<Applied, Status>>,
+    },
     /// Creates a RocksDB checkpoint of the published state in `dir`.
-    Checkpoint { dir: PathBuf, reply: oneshot::Sender<Result<i64, Status>> },
+    Checkpoint {
+        dir: PathBuf,
+        reply: oneshot::Sender<Result<i64, Status>>,
+    },
 }
 
 /// A cloneable handle for proposing writes.
@@ -59,8 +65,17 @@ impl Applier {
             .map(|a| a.iter().any(|&(_, t)| t == AlarmType::Nospace as i32))
             .unwrap_or(false);
         let nospace = Arc::new(AtomicBool::new(raised));
-        let mut pipeline = Pipeline { writer, hub, metrics, cfg, compactor, nospace: nospace.clone() };
-        let handle = std::thread::Builder::new().name("cairn-apply".into()).spawn(move || pipeline.run(rx))?;
+        let mut pipeline = Pipeline {
+            writer,
+            hub,
+            metrics,
+            cfg,
+            compactor,
+            nospace: nospace.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("cairn-apply".into())
+            .spawn(move || pipeline.run(rx))?;
         Ok((Applier { tx, nospace }, handle))
     }
 
@@ -70,7 +85,10 @@ impl Applier {
             return Err(EtcdError::NoSpace.into());
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Propose { req, reply }).await.map_err(|_| Status::from(EtcdError::Stopped))?;
+        self.tx
+            .send(Command::Propose { req, reply })
+            .await
+            .map_err(|_| Status::from(EtcdError::Stopped))?;
         rx.await.map_err(|_| Status::from(EtcdError::Stopped))?
     }
 
@@ -78,7 +96,10 @@ impl Applier {
     /// between batches; returns the revision it holds.
     pub async fn checkpoint(&self, dir: PathBuf) -> Result<i64, Status> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Checkpoint { dir, reply }).await.map_err(|_| Status::from(EtcdError::Stopped))?;
+        self.tx
+            .send(Command::Checkpoint { dir, reply })
+            .await
+            .map_err(|_| Status::from(EtcdError::Stopped))?;
         rx.await.map_err(|_| Status::from(EtcdError::Stopped))?
     }
 
@@ -153,7 +174,9 @@ impl Pipeline {
                                 WriteRequest::Compact { revision } => {
                                     let _ = self.compactor.send(revision);
                                 }
-                                WriteRequest::Alarm { activate, alarm, .. } if alarm == AlarmType::Nospace as i32 => {
+                                WriteRequest::Alarm {
+                                    activate, alarm, ..
+                                } if alarm == AlarmType::Nospace as i32 => {
                                     self.nospace.store(activate, Ordering::Release);
                                 }
                                 _ => {}
@@ -177,11 +200,18 @@ impl Pipeline {
                 }
                 return;
             }
-            self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
             self.writer.publish();
-            self.metrics.proposals_committed.inc_by(replies.len() as u64);
+            self.metrics
+                .proposals_committed
+                .inc_by(replies.len() as u64);
             if !events.is_empty() {
-                self.hub.publish(EventBatch { to_rev: self.writer.revision(), events });
+                self.hub.publish(EventBatch {
+                    to_rev: self.writer.revision(),
+                    events,
+                });
             }
             for (reply, result) in replies {
                 let _ = reply.send(result);
@@ -208,8 +238,16 @@ impl Pipeline {
         if size <= self.cfg.quota_backend_bytes {
             return;
         }
-        tracing::warn!(size, quota = self.cfg.quota_backend_bytes, "backend quota exceeded; raising NOSPACE alarm");
-        let req = WriteRequest::Alarm { activate: true, member_id: self.cfg.member_id, alarm: AlarmType::Nospace as i32 };
+        tracing::warn!(
+            size,
+            quota = self.cfg.quota_backend_bytes,
+            "backend quota exceeded; raising NOSPACE alarm"
+        );
+        let req = WriteRequest::Alarm {
+            activate: true,
+            member_id: self.cfg.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
         match self.writer.apply(&req).and_then(|_| self.writer.sync()) {
             Ok(()) => {
                 self.writer.publish();

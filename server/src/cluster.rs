@@ -37,29 +37,47 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, _r: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        _r: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
         Err(errors::unimplemented("MemberAdd (multi-member clusters)"))
     }
 
-    async fn member_remove(&self, r: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        r: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
         if r.into_inner().id != self.node.member.id {
             return Err(EtcdError::MemberNotFound.into());
         }
         Err(errors::unimplemented("MemberRemove of the only member"))
     }
 
-    async fn member_update(&self, r: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+    async fn member_update(
+        &self,
+        r: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
         if r.into_inner().id != self.node.member.id {
             return Err(EtcdError::MemberNotFound.into());
         }
         Err(errors::unimplemented("MemberUpdate"))
     }
 
-    async fn member_list(&self, _r: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
-        Ok(Response::new(MemberListResponse { header: Some(self.node.current_header()), members: vec![self.me()] }))
+    async fn member_list(
+        &self,
+        _r: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        Ok(Response::new(MemberListResponse {
+            header: Some(self.node.current_header()),
+            members: vec![self.me()],
+        }))
     }
 
-    async fn member_promote(&self, r: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        r: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
         if r.into_inner().id != self.node.member.id {
             return Err(EtcdError::MemberNotFound.into());
         }

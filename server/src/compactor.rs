@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 
-
 use store::{Store, WriteRequest};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Duration, Instant};
@@ -40,7 +39,9 @@ impl Compactor {
                     Ok(Ok(_)) => {
                         let _ = tx.send(rev);
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, revision = rev, "physical compaction failed"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, revision = rev, "physical compaction failed")
+                    }
                     Err(e) => tracing::error!(error = %e, "physical compaction task panicked"),
                 }
             }
@@ -56,12 +57,22 @@ impl Compactor {
 }
 
 /// Proposes compactions per the auto-compaction mode; runs until `shutdown` fires.
-pub async fn run_auto(mode: AutoCompaction, store: Store, applier: Applier, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_auto(
+    mode: AutoCompaction,
+    store: Store,
+    applier: Applier,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (tick, retention) = match &mode {
         AutoCompaction::Off => return,
         // As etcd: sample revisions every tenth of the retention (at most hourly) and compact
         // to the revision seen one retention ago.
-        AutoCompaction::Periodic(d) => ((*d / 10).min(Duration::from_secs(3600)).max(Duration::from_secs(1)), *d),
+        AutoCompaction::Periodic(d) => (
+            (*d / 10)
+                .min(Duration::from_secs(3600))
+                .max(Duration::from_secs(1)),
+            *d,
+        ),
         // As etcd: every five minutes, keep the newest N revisions.
         AutoCompaction::Revision(_) => (Duration::from_secs(300), Duration::ZERO),
     };
@@ -92,11 +103,13 @@ pub async fn run_auto(mode: AutoCompaction, store: Store, applier: Applier, mut 
             AutoCompaction::Off => return,
         };
         if target > store.compacted_revision() {
-            match applier.propose(WriteRequest::Compact { revision: target }).await {
+            match applier
+                .propose(WriteRequest::Compact { revision: target })
+                .await
+            {
                 Ok(_) => tracing::info!(revision = target, "auto-compaction proposed"),
                 Err(e) => tracing::warn!(error = %e, revision = target, "auto-compaction failed"),
             }
         }
     }
 }
-

@@ -21,7 +21,11 @@ pub const CLUSTER_VERSION: &str = "3.5.0";
 
 /// Flags, named and defaulted as etcd names and defaults them.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cairn", version, about = "An etcd v3-compatible key-value store")]
+#[command(
+    name = "cairn",
+    version,
+    about = "An etcd v3-compatible key-value store"
+)]
 pub struct Flags {
     /// Human-readable name for this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
@@ -30,16 +34,32 @@ pub struct Flags {
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// List of URLs to listen on for client traffic.
-    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub listen_client_urls: String,
     /// List of this member's client URLs to advertise to the public.
-    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub advertise_client_urls: String,
     /// List of URLs to listen on for peer traffic (accepted; used once clustering lands).
-    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub listen_peer_urls: String,
     /// List of this member's peer URLs to advertise to the rest of the cluster.
-    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration for bootstrapping (default: <name>=<advertise peer URLs>).
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
@@ -48,7 +68,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: String,
     /// Initial cluster token for the etcd cluster during bootstrap.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
@@ -75,7 +99,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
     /// Duration of periodic watch progress notifications.
-    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m")]
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m"
+    )]
     pub experimental_watch_progress_notify_interval: String,
     /// Currently only supports 'debug', 'info', 'warn', 'error', 'panic', or 'fatal'.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
@@ -134,7 +162,9 @@ impl Flags {
             .map(|u| url_to_addr(u))
             .collect::<Result<Vec<_>, _>>()?;
         if listen_client.is_empty() {
-            return Err(ConfigError("--listen-client-urls must name at least one URL".into()));
+            return Err(ConfigError(
+                "--listen-client-urls must name at least one URL".into(),
+            ));
         }
         let advertise_peer_urls = split_urls(&self.initial_advertise_peer_urls);
         self.check_initial_cluster(&advertise_peer_urls)?;
@@ -144,7 +174,8 @@ impl Flags {
                 self.initial_cluster_state
             )));
         }
-        let auto_compaction = parse_auto_compaction(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        let auto_compaction =
+            parse_auto_compaction(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
             return Err(ConfigError(format!(
                 "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
@@ -153,19 +184,30 @@ impl Flags {
         }
         Ok(Config {
             name: self.name.clone(),
-            data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
             listen_client,
             advertise_client_urls: split_urls(&self.advertise_client_urls),
             advertise_peer_urls,
             initial_cluster_token: self.initial_cluster_token.clone(),
-            quota_backend_bytes: if self.quota_backend_bytes == 0 { QUOTA_BACKEND_BYTES_DEFAULT } else { self.quota_backend_bytes },
+            quota_backend_bytes: if self.quota_backend_bytes == 0 {
+                QUOTA_BACKEND_BYTES_DEFAULT
+            } else {
+                self.quota_backend_bytes
+            },
             max_request_bytes: self.max_request_bytes,
             txn_ops_max: self.max_txn_ops,
             auto_compaction,
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
-            progress_notify_interval: parse_duration(&self.experimental_watch_progress_notify_interval)
-                .ok_or_else(|| ConfigError("invalid --experimental-watch-progress-notify-interval".into()))?,
+            progress_notify_interval: parse_duration(
+                &self.experimental_watch_progress_notify_interval,
+            )
+            .ok_or_else(|| {
+                ConfigError("invalid --experimental-watch-progress-notify-interval".into())
+            })?,
             reported_etcd_version: self.reported_etcd_version.clone(),
             block_cache_bytes: self.block_cache_bytes,
         })
@@ -174,12 +216,14 @@ impl Flags {
     /// With one member, `--initial-cluster` must name exactly this member with its advertised
     /// peer URLs, as etcd requires; more members need the Raft cluster (not yet built).
     fn check_initial_cluster(&self, advertise_peer_urls: &[String]) -> Result<(), ConfigError> {
-        let Some(ic) = &self.initial_cluster else { return Ok(()) };
+        let Some(ic) = &self.initial_cluster else {
+            return Ok(());
+        };
         let mut mine = Vec::new();
         for entry in ic.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (name, url) = entry
-                .split_once('=')
-                .ok_or_else(|| ConfigError(format!("--initial-cluster: malformed entry {entry:?}")))?;
+            let (name, url) = entry.split_once('=').ok_or_else(|| {
+                ConfigError(format!("--initial-cluster: malformed entry {entry:?}"))
+            })?;
             if name != self.name {
                 return Err(ConfigError(format!(
                     "--initial-cluster names member {name:?}: multi-member clusters are not supported yet"
@@ -201,14 +245,20 @@ impl Flags {
 }
 
 fn split_urls(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Turns `http://host:port` into a socket address; `localhost` binds the loopback address.
 fn url_to_addr(url: &str) -> Result<SocketAddr, ConfigError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ConfigError(format!("unsupported URL scheme in {url:?} (only http:// is supported yet)")))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        ConfigError(format!(
+            "unsupported URL scheme in {url:?} (only http:// is supported yet)"
+        ))
+    })?;
     let hostport = rest.trim_end_matches('/');
     let (host, port) = hostport
         .rsplit_once(':')
@@ -217,8 +267,14 @@ fn url_to_addr(url: &str) -> Result<SocketAddr, ConfigError> {
         "localhost" => "127.0.0.1",
         h => h.trim_start_matches('[').trim_end_matches(']'),
     };
-    let port: u16 = port.parse().map_err(|_| ConfigError(format!("URL {url:?} has a bad port")))?;
-    let ip = host.parse().map_err(|_| ConfigError(format!("listen URL {url:?} must use an IP address or localhost")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| ConfigError(format!("URL {url:?} has a bad port")))?;
+    let ip = host.parse().map_err(|_| {
+        ConfigError(format!(
+            "listen URL {url:?} must use an IP address or localhost"
+        ))
+    })?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -234,7 +290,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         let num_len = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
         let (num, tail) = rest.split_at(num_len);
         let value: f64 = num.parse().ok()?;
-        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         let secs = match unit {
             "h" => 3600.0,
@@ -252,7 +310,11 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 fn parse_auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, ConfigError> {
-    let bad = || ConfigError(format!("invalid auto-compaction-retention {retention:?} for mode {mode:?}"));
+    let bad = || {
+        ConfigError(format!(
+            "invalid auto-compaction-retention {retention:?} for mode {mode:?}"
+        ))
+    };
     match mode {
         "periodic" => {
             // A bare number means hours, as in etcd.
@@ -260,13 +322,23 @@ fn parse_auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, 
                 Ok(h) => Duration::from_secs(h * 3600),
                 Err(_) => parse_duration(retention).ok_or_else(bad)?,
             };
-            Ok(if d.is_zero() { AutoCompaction::Off } else { AutoCompaction::Periodic(d) })
+            Ok(if d.is_zero() {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Periodic(d)
+            })
         }
         "revision" => {
             let n: i64 = retention.parse().map_err(|_| bad())?;
-            Ok(if n <= 0 { AutoCompaction::Off } else { AutoCompaction::Revision(n) })
+            Ok(if n <= 0 {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Revision(n)
+            })
         }
-        other => Err(ConfigError(format!("unknown auto-compaction-mode {other:?}"))),
+        other => Err(ConfigError(format!(
+            "unknown auto-compaction-mode {other:?}"
+        ))),
     }
 }
 
@@ -296,23 +368,43 @@ mod tests {
     #[test]
     fn single_member_cluster_flags_are_accepted() {
         let f = flags(&[
-            "--name", "s1",
-            "--initial-advertise-peer-urls", "http://127.0.0.1:12380",
-            "--listen-peer-urls", "http://127.0.0.1:12380",
-            "--initial-cluster", "s1=http://127.0.0.1:12380",
-            "--initial-cluster-token", "tok",
-            "--initial-cluster-state", "new",
+            "--name",
+            "s1",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:12380",
+            "--listen-peer-urls",
+            "http://127.0.0.1:12380",
+            "--initial-cluster",
+            "s1=http://127.0.0.1:12380",
+            "--initial-cluster-token",
+            "tok",
+            "--initial-cluster-state",
+            "new",
         ]);
         assert!(f.validate().is_ok());
-        let f = flags(&["--name", "s1", "--initial-cluster", "s2=http://127.0.0.1:2380"]);
+        let f = flags(&[
+            "--name",
+            "s1",
+            "--initial-cluster",
+            "s2=http://127.0.0.1:2380",
+        ]);
         assert!(f.validate().is_err());
     }
 
     #[test]
     fn auto_compaction_parses_like_etcd() {
-        assert_eq!(parse_auto_compaction("periodic", "1").unwrap(), AutoCompaction::Periodic(Duration::from_secs(3600)));
-        assert_eq!(parse_auto_compaction("periodic", "5m").unwrap(), AutoCompaction::Periodic(Duration::from_secs(300)));
-        assert_eq!(parse_auto_compaction("revision", "1000").unwrap(), AutoCompaction::Revision(1000));
+        assert_eq!(
+            parse_auto_compaction("periodic", "1").unwrap(),
+            AutoCompaction::Periodic(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            parse_auto_compaction("periodic", "5m").unwrap(),
+            AutoCompaction::Periodic(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_auto_compaction("revision", "1000").unwrap(),
+            AutoCompaction::Revision(1000)
+        );
         assert!(parse_auto_compaction("revision", "5m").is_err());
         assert!(parse_auto_compaction("weekly", "1").is_err());
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));

@@ -59,7 +59,9 @@ impl EtcdError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | MemberNotLearner | BadLeaderTransferee | AuthNotEnabled => Code::FailedPrecondition,
+            LeaseExist | MemberNotLearner | BadLeaderTransferee | AuthNotEnabled => {
+                Code::FailedPrecondition
+            }
             Stopped | Timeout => Code::Unavailable,
             Corrupt => Code::DataLoss,
         }
@@ -100,27 +102,111 @@ mod tests {
     #[test]
     fn codes_and_messages_match_etcd() {
         let table = [
-            (EtcdError::EmptyKey, Code::InvalidArgument, "etcdserver: key is not provided"),
-            (EtcdError::KeyNotFound, Code::InvalidArgument, "etcdserver: key not found"),
-            (EtcdError::ValueProvided, Code::InvalidArgument, "etcdserver: value is provided"),
-            (EtcdError::LeaseProvided, Code::InvalidArgument, "etcdserver: lease is provided"),
-            (EtcdError::TooManyOps, Code::InvalidArgument, "etcdserver: too many operations in txn request"),
-            (EtcdError::DuplicateKey, Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
-            (EtcdError::InvalidSortOption, Code::InvalidArgument, "etcdserver: invalid sort option"),
-            (EtcdError::Compacted, Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
-            (EtcdError::FutureRev, Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
-            (EtcdError::NoSpace, Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
-            (EtcdError::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
-            (EtcdError::LeaseExist, Code::FailedPrecondition, "etcdserver: lease already exists"),
-            (EtcdError::LeaseTtlTooLarge, Code::OutOfRange, "etcdserver: too large lease TTL"),
-            (EtcdError::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
-            (EtcdError::MemberNotFound, Code::NotFound, "etcdserver: member not found"),
-            (EtcdError::MemberNotLearner, Code::FailedPrecondition, "etcdserver: can only promote a learner member"),
-            (EtcdError::BadLeaderTransferee, Code::FailedPrecondition, "etcdserver: bad leader transferee"),
-            (EtcdError::Stopped, Code::Unavailable, "etcdserver: server stopped"),
-            (EtcdError::Timeout, Code::Unavailable, "etcdserver: request timed out"),
-            (EtcdError::Corrupt, Code::DataLoss, "etcdserver: corrupt cluster"),
-            (EtcdError::AuthNotEnabled, Code::FailedPrecondition, "etcdserver: authentication is not enabled"),
+            (
+                EtcdError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                EtcdError::KeyNotFound,
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                EtcdError::ValueProvided,
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                EtcdError::LeaseProvided,
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                EtcdError::TooManyOps,
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                EtcdError::DuplicateKey,
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                EtcdError::InvalidSortOption,
+                Code::InvalidArgument,
+                "etcdserver: invalid sort option",
+            ),
+            (
+                EtcdError::Compacted,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                EtcdError::FutureRev,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                EtcdError::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            (
+                EtcdError::LeaseNotFound,
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                EtcdError::LeaseExist,
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                EtcdError::LeaseTtlTooLarge,
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
+            ),
+            (
+                EtcdError::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                EtcdError::MemberNotFound,
+                Code::NotFound,
+                "etcdserver: member not found",
+            ),
+            (
+                EtcdError::MemberNotLearner,
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            (
+                EtcdError::BadLeaderTransferee,
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
+            (
+                EtcdError::Stopped,
+                Code::Unavailable,
+                "etcdserver: server stopped",
+            ),
+            (
+                EtcdError::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+            (
+                EtcdError::Corrupt,
+                Code::DataLoss,
+                "etcdserver: corrupt cluster",
+            ),
+            (
+                EtcdError::AuthNotEnabled,
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
         ];
         for (err, code, msg) in table {
             let status = Status::from(err.clone());
@@ -131,9 +217,21 @@ mod tests {
 
     #[test]
     fn store_errors_map_to_etcd_statuses() {
-        let s = from_store(store::Error::Compacted { requested: 1, compacted: 5 });
-        assert_eq!((s.code(), s.message()), (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+        let s = from_store(store::Error::Compacted {
+            requested: 1,
+            compacted: 5,
+        });
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted"
+            )
+        );
         let s = from_store(store::Error::LeaseNotFound(7));
-        assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "etcdserver: requested lease not found")
+        );
     }
 }

@@ -28,14 +28,21 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let (ok, reason) = if let Some(&(m, a)) = alarms.first() {
         (false, format!("ALARM {}", alarm_text(m, a).trim()))
     } else {
-        let probe = RangeRequest { key: b"health".to_vec(), ..Default::default() };
+        let probe = RangeRequest {
+            key: b"health".to_vec(),
+            ..Default::default()
+        };
         match crate::kv::read_range(&node, probe).await {
             Ok(_) => (true, String::new()),
             Err(e) => (false, format!("RANGE ERROR:{}", e.message())),
         }
     };
     let body = format!("{{\"health\":\"{ok}\",\"reason\":\"{reason}\"}}");
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
@@ -55,5 +62,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     m.db_in_use_size.set(node.store.size_in_use() as i64);
     m.current_revision.set(node.store.current_revision());
     m.compact_revision.set(node.store.compacted_revision());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.render(),
+    )
 }

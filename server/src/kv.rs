@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use etcd_proto::etcdserverpb::kv_server::Kv;
 use etcd_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use prost::Message;
 use store::{range, WriteRequest, WriteResponse};
@@ -59,7 +59,10 @@ pub async fn read_range(node: &Arc<Node>, r: RangeRequest) -> Result<RangeRespon
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         let r = request.into_inner();
         validate::range(&r)?;
         Ok(Response::new(read_range(&self.node, r).await?))
@@ -75,11 +78,16 @@ impl Kv for KvService {
                 resp.header = Some(self.node.header(applied.revision));
                 Ok(Response::new(resp))
             }
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
-    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
         let r = request.into_inner();
         validate::delete_range(&r)?;
         self.check_size(r.encoded_len())?;
@@ -89,7 +97,9 @@ impl Kv for KvService {
                 resp.header = Some(self.node.header(applied.revision));
                 Ok(Response::new(resp))
             }
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
@@ -105,16 +115,27 @@ impl Kv for KvService {
                 resp.header = Some(self.node.header(applied.revision));
                 Ok(Response::new(resp))
             }
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
-    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         let r = request.into_inner();
-        let applied = self.propose(WriteRequest::Compact { revision: r.revision }).await?;
+        let applied = self
+            .propose(WriteRequest::Compact {
+                revision: r.revision,
+            })
+            .await?;
         if r.physical {
             self.compactor.wait_for(r.revision).await;
         }
-        Ok(Response::new(CompactionResponse { header: Some(self.node.header(applied.revision)) }))
+        Ok(Response::new(CompactionResponse {
+            header: Some(self.node.header(applied.revision)),
+        }))
     }
 }

@@ -14,7 +14,6 @@ use futures::StreamExt;
 use store::WriteRequest;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Duration, Instant};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::errors::{self, EtcdError};
@@ -39,7 +38,10 @@ impl LeaseService {
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
         let r = request.into_inner();
         if r.ttl > LEASE_TTL_MAX_SECS {
             return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -48,15 +50,29 @@ impl Lease for LeaseService {
         let mut attempts = 0;
         let (id, applied) = loop {
             let id = if r.id != 0 { r.id } else { random_lease_id() };
-            match self.node.applier.propose(WriteRequest::LeaseGrant { id, ttl_secs }).await {
+            match self
+                .node
+                .applier
+                .propose(WriteRequest::LeaseGrant { id, ttl_secs })
+                .await
+            {
                 Ok(applied) => break (id, applied),
                 // A generated ID that happens to be taken: draw another.
-                Err(e) if r.id == 0 && e.message() == EtcdError::LeaseExist.to_string() && attempts < 8 => attempts += 1,
+                Err(e)
+                    if r.id == 0
+                        && e.message() == EtcdError::LeaseExist.to_string()
+                        && attempts < 8 =>
+                {
+                    attempts += 1
+                }
                 Err(e) => return Err(e),
             }
         };
         self.node.lessor.track(id, ttl_secs, Instant::now());
-        self.node.metrics.leases.set(self.node.lessor.count() as i64);
+        self.node
+            .metrics
+            .leases
+            .set(self.node.lessor.count() as i64);
         Ok(Response::new(LeaseGrantResponse {
             header: Some(self.node.header(applied.revision)),
             id,
@@ -65,15 +81,27 @@ impl Lease for LeaseService {
         }))
     }
 
-    async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let id = request.into_inner().id;
-        let applied = self.node.applier.propose(WriteRequest::LeaseRevoke { id }).await?;
+        let applied = self
+            .node
+            .applier
+            .propose(WriteRequest::LeaseRevoke { id })
+            .await?;
         self.node.lessor.forget(id);
-        self.node.metrics.leases.set(self.node.lessor.count() as i64);
-        Ok(Response::new(LeaseRevokeResponse { header: Some(self.node.header(applied.revision)) }))
+        self.node
+            .metrics
+            .leases
+            .set(self.node.lessor.count() as i64);
+        Ok(Response::new(LeaseRevokeResponse {
+            header: Some(self.node.header(applied.revision)),
+        }))
     }
 
-    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream = crate::stream::HeadersWithFirst<LeaseKeepAliveResponse>;
 
     async fn lease_keep_alive(
         &self,
@@ -94,13 +122,17 @@ impl Lease for LeaseService {
                 };
                 // As etcd: an unknown or expired lease answers TTL 0, not an error.
                 let ttl = node.lessor.keep_alive(req.id, Instant::now()).unwrap_or(0);
-                let resp = LeaseKeepAliveResponse { header: Some(node.current_header()), id: req.id, ttl };
+                let resp = LeaseKeepAliveResponse {
+                    header: Some(node.current_header()),
+                    id: req.id,
+                    ttl,
+                };
                 if tx.send(Ok(resp)).await.is_err() {
                     break;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(crate::stream::headers_with_first(rx).await))
     }
 
     async fn lease_time_to_live(
@@ -111,17 +143,41 @@ impl Lease for LeaseService {
         let header = Some(self.node.current_header());
         let Some((ttl, granted_ttl)) = self.node.lessor.remaining(r.id, Instant::now()) else {
             // As etcd: a missing lease reports TTL -1.
-            return Ok(Response::new(LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, ..Default::default() }));
+            return Ok(Response::new(LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            }));
         };
-        let keys = if r.keys { self.node.store.lease_keys(r.id).map_err(errors::from_store)? } else { vec![] };
-        Ok(Response::new(LeaseTimeToLiveResponse { header, id: r.id, ttl, granted_ttl, keys }))
+        let keys = if r.keys {
+            self.node
+                .store
+                .lease_keys(r.id)
+                .map_err(errors::from_store)?
+        } else {
+            vec![]
+        };
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header,
+            id: r.id,
+            ttl,
+            granted_ttl,
+            keys,
+        }))
     }
 
-    async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
         let leases = self.node.store.leases().map_err(errors::from_store)?;
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.node.current_header()),
-            leases: leases.into_iter().map(|(id, _)| LeaseStatus { id }).collect(),
+            leases: leases
+                .into_iter()
+                .map(|(id, _)| LeaseStatus { id })
+                .collect(),
         }))
     }
 }
@@ -146,7 +202,9 @@ pub async fn run_expiry(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         }
         for id in node.lessor.expired(Instant::now(), REVOKES_PER_CHECK_MAX) {
             match node.applier.propose(WriteRequest::LeaseRevoke { id }).await {
-                Ok(_) => tracing::debug!(lease = format!("{id:x}"), "lease expired and was revoked"),
+                Ok(_) => {
+                    tracing::debug!(lease = format!("{id:x}"), "lease expired and was revoked")
+                }
                 Err(e) if e.code() == tonic::Code::NotFound => {}
                 Err(e) => {
                     tracing::warn!(error = %e, lease = format!("{id:x}"), "revoking an expired lease failed");

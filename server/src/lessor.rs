@@ -26,7 +26,10 @@ pub struct Lessor {
 
 impl Lessor {
     pub fn new(min_ttl_secs: i64) -> Self {
-        Lessor { leases: Mutex::new(HashMap::new()), min_ttl_secs }
+        Lessor {
+            leases: Mutex::new(HashMap::new()),
+            min_ttl_secs,
+        }
     }
 
     /// etcd's minimum TTL for a heartbeat and election timeout: ceil(1.5 × election timeout).
@@ -42,7 +45,10 @@ impl Lessor {
     /// Starts (or restarts) a lease's clock with a full TTL.
     pub fn track(&self, id: i64, ttl_secs: i64, now: Instant) {
         let expires = now + Duration::from_secs(ttl_secs.max(0) as u64);
-        self.leases.lock().expect("lessor lock").insert(id, Deadline { ttl_secs, expires });
+        self.leases
+            .lock()
+            .expect("lessor lock")
+            .insert(id, Deadline { ttl_secs, expires });
     }
 
     pub fn forget(&self, id: i64) {
@@ -72,8 +78,11 @@ impl Lessor {
     /// Leases whose deadline has passed, oldest first; at most `max` of them.
     pub fn expired(&self, now: Instant, max: usize) -> Vec<i64> {
         let leases = self.leases.lock().expect("lessor lock");
-        let mut out: Vec<(Instant, i64)> =
-            leases.iter().filter(|(_, d)| d.expires <= now).map(|(&id, d)| (d.expires, id)).collect();
+        let mut out: Vec<(Instant, i64)> = leases
+            .iter()
+            .filter(|(_, d)| d.expires <= now)
+            .map(|(&id, d)| (d.expires, id))
+            .collect();
         out.sort_unstable();
         out.truncate(max);
         out.into_iter().map(|(_, id)| id).collect()

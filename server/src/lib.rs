@@ -11,9 +11,11 @@
 //! - [`compactor`]: physical compaction and auto-compaction.
 //! - [`validate`]: etcd's request checks before proposing.
 //! - [`errors`]: etcd's gRPC codes and messages.
+//! - [`grpc_status`]: transport statuses reworded as etcd's transport words them.
 //! - [`kv`], [`watch`], [`lease`], [`cluster`], [`maintenance`], [`auth`]: one file per
 //!   etcd service.
 //! - [`http`]: `/health`, `/version`, `/metrics`.
+//! - [`stream`]: server streams that send headers with their first message, as grpc-go does.
 //! - [`metrics`]: Prometheus metrics under etcd's names.
 
 pub mod applier;
@@ -22,6 +24,7 @@ pub mod cluster;
 pub mod compactor;
 pub mod config;
 pub mod errors;
+pub mod grpc_status;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -31,6 +34,7 @@ pub mod member;
 pub mod metrics;
 pub mod node;
 pub mod server;
+pub mod stream;
 pub mod validate;
 pub mod watch;
 pub mod watch_hub;

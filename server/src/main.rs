@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 use server::Flags;
 
 #[derive(Parser)]
-#[command(name = "cairn", version, about = "An etcd v3-compatible key-value store", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "cairn",
+    version,
+    about = "An etcd v3-compatible key-value store",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -43,14 +48,26 @@ enum SnapshotAction {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Snapshot { action: SnapshotAction::Restore { file, data_dir, name } }) => {
+        Some(Command::Snapshot {
+            action:
+                SnapshotAction::Restore {
+                    file,
+                    data_dir,
+                    name,
+                },
+        }) => {
             let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.etcd")));
             if data_dir.exists() {
                 bail!("data-dir {:?} exists", data_dir.display().to_string());
             }
             let kv = server::server::kv_dir(&data_dir);
-            store::snapshot::unpack(&file, &kv).with_context(|| format!("restoring {}", file.display()))?;
-            println!("restored snapshot {} into {}", file.display(), data_dir.display());
+            store::snapshot::unpack(&file, &kv)
+                .with_context(|| format!("restoring {}", file.display()))?;
+            println!(
+                "restored snapshot {} into {}",
+                file.display(),
+                data_dir.display()
+            );
             Ok(())
         }
         None => serve(cli.flags),
@@ -60,7 +77,9 @@ fn main() -> anyhow::Result<()> {
 fn serve(flags: Flags) -> anyhow::Result<()> {
     let config = flags.validate()?;
     init_logging(&flags.log_level, &flags.log_format)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(server::run(config, shutdown_signal()))?;
     Ok(())
 }
@@ -71,9 +90,12 @@ fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
         "panic" | "fatal" => "error",
         other => bail!("unknown --log-level {other:?}"),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         "json" => builder.json().init(),
         "text" | "console" => builder.init(),
@@ -86,7 +108,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

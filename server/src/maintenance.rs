@@ -31,7 +31,10 @@ pub struct MaintenanceService {
 
 impl MaintenanceService {
     pub fn new(node: Arc<Node>) -> Self {
-        MaintenanceService { node, snapshots: AtomicU64::new(0) }
+        MaintenanceService {
+            node,
+            snapshots: AtomicU64::new(0),
+        }
     }
 
     fn snapshot_dir(&self) -> PathBuf {
@@ -41,13 +44,18 @@ impl MaintenanceService {
 
 /// etcd's text form of an alarm, as Status reports it in `errors`.
 pub fn alarm_text(member_id: u64, alarm: i32) -> String {
-    let name = AlarmType::try_from(alarm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN");
+    let name = AlarmType::try_from(alarm)
+        .map(|a| a.as_str_name())
+        .unwrap_or("UNKNOWN");
     format!("memberID:{member_id} alarm:{name} ")
 }
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         let r = request.into_inner();
         let alarms = match AlarmAction::try_from(r.action) {
             Ok(AlarmAction::Get) => self
@@ -60,18 +68,32 @@ impl Maintenance for MaintenanceService {
                 .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
                 .collect(),
             Ok(action) => {
-                let req = WriteRequest::Alarm { activate: action == AlarmAction::Activate, member_id: r.member_id, alarm: r.alarm };
+                let req = WriteRequest::Alarm {
+                    activate: action == AlarmAction::Activate,
+                    member_id: r.member_id,
+                    alarm: r.alarm,
+                };
                 match self.node.applier.propose(req).await?.response {
                     WriteResponse::Alarm(changed) => changed,
-                    other => return Err(Status::internal(format!("unexpected apply result {other:?}"))),
+                    other => {
+                        return Err(Status::internal(format!(
+                            "unexpected apply result {other:?}"
+                        )))
+                    }
                 }
             }
             Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         };
-        Ok(Response::new(AlarmResponse { header: Some(self.node.current_header()), alarms }))
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.node.current_header()),
+            alarms,
+        }))
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let node = &self.node;
         let rev = node.store.current_revision();
         let errors = node
@@ -99,13 +121,18 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _request: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         let store = self.node.store.clone();
         tokio::task::spawn_blocking(move || store.defragment())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(errors::from_store)?;
-        Ok(Response::new(DefragmentResponse { header: Some(self.node.current_header()) }))
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.node.current_header()),
+        }))
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -115,23 +142,38 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(errors::from_store)?;
-        Ok(Response::new(HashResponse { header: Some(self.node.header(rev)), hash }))
+        Ok(Response::new(HashResponse {
+            header: Some(self.node.header(rev)),
+            hash,
+        }))
     }
 
-    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
         let rev = request.into_inner().revision;
         let store = self.node.store.clone();
         let current = store.current_revision();
-        let (hash, compact_revision, hash_revision) = tokio::task::spawn_blocking(move || store.hash_kv(rev))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(errors::from_store)?;
-        Ok(Response::new(HashKvResponse { header: Some(self.node.header(current)), hash, compact_revision, hash_revision }))
+        let (hash, compact_revision, hash_revision) =
+            tokio::task::spawn_blocking(move || store.hash_kv(rev))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(errors::from_store)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.node.header(current)),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         let n = self.snapshots.fetch_add(1, Ordering::Relaxed);
         let base = self.snapshot_dir();
         let checkpoint = base.join(format!("checkpoint-{}-{n}", std::process::id()));
@@ -155,21 +197,31 @@ impl Maintenance for MaintenanceService {
             let result = stream_file(&archive, total, header, &tx).await;
             let _ = tokio::fs::remove_file(&archive).await;
             if let Err(e) = result {
-                let _ = tx.send(Err(Status::internal(format!("etcdserver: snapshot: {e}")))).await;
+                let _ = tx
+                    .send(Err(Status::internal(format!("etcdserver: snapshot: {e}"))))
+                    .await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
         // With one member, it already leads; any other target is not a member.
         if request.into_inner().target_id != self.node.member.id {
             return Err(EtcdError::BadLeaderTransferee.into());
         }
-        Ok(Response::new(MoveLeaderResponse { header: Some(self.node.current_header()) }))
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.node.current_header()),
+        }))
     }
 
-    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _request: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
         Err(errors::unimplemented("Downgrade"))
     }
 }

@@ -30,7 +30,12 @@ pub struct Node {
 impl Node {
     /// A response header as etcd fills it, at revision `revision`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
-        ResponseHeader { cluster_id: self.cluster_id, member_id: self.member.id, revision, raft_term: SINGLE_NODE_TERM }
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member.id,
+            revision,
+            raft_term: SINGLE_NODE_TERM,
+        }
     }
 
     /// A header at the current durable revision.

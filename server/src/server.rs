@@ -42,7 +42,10 @@ pub enum ServerError {
     #[error("store: {0}")]
     Store(#[from] store::Error),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -58,10 +61,18 @@ pub fn kv_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Runs the server until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let kv = kv_dir(&config.data_dir);
     std::fs::create_dir_all(&kv).map_err(io_err(format!("creating {}", kv.display())))?;
-    let (store, writer) = Store::open(&kv, &BackendOptions { block_cache_bytes: config.block_cache_bytes })?;
+    let (store, writer) = Store::open(
+        &kv,
+        &BackendOptions {
+            block_cache_bytes: config.block_cache_bytes,
+        },
+    )?;
     let id = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
     let member = Member {
         id,
@@ -72,9 +83,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let metrics = Arc::new(Metrics::new(&config.reported_etcd_version));
     let hub = WatchHub::new();
     let (compact_tx, compact_rx) = mpsc::unbounded_channel();
-    let applier_cfg = ApplierConfig { member_id: id, quota_backend_bytes: config.quota_backend_bytes };
-    let (applier, apply_thread) = Applier::start(writer, hub.clone(), metrics.clone(), applier_cfg, compact_tx)
-        .map_err(io_err("starting the apply thread"))?;
+    let applier_cfg = ApplierConfig {
+        member_id: id,
+        quota_backend_bytes: config.quota_backend_bytes,
+    };
+    let (applier, apply_thread) = Applier::start(
+        writer,
+        hub.clone(),
+        metrics.clone(),
+        applier_cfg,
+        compact_tx,
+    )
+    .map_err(io_err("starting the apply thread"))?;
     let lessor = Lessor::new(Lessor::min_ttl_for(config.election_timeout));
     let now = tokio::time::Instant::now();
     for (lease_id, ttl) in store.leases()? {
@@ -103,21 +123,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = [
         tokio::spawn(lease::run_expiry(node.clone(), stop_rx.clone())),
-        tokio::spawn(compactor::run_auto(config.auto_compaction.clone(), store.clone(), applier.clone(), stop_rx.clone())),
+        tokio::spawn(compactor::run_auto(
+            config.auto_compaction.clone(),
+            store.clone(),
+            applier.clone(),
+            stop_rx.clone(),
+        )),
     ];
 
     let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let routes = tonic::service::Routes::from(crate::http::router(node.clone()))
-        .add_service(KvServer::new(KvService::new(node.clone(), compactor)).max_decoding_message_size(max_recv))
-        .add_service(WatchServer::new(WatchService::new(node.clone(), stop_rx.clone())).max_decoding_message_size(max_recv))
-        .add_service(LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone())).max_decoding_message_size(max_recv))
+        .add_service(
+            KvServer::new(KvService::new(node.clone(), compactor))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            WatchServer::new(WatchService::new(node.clone(), stop_rx.clone()))
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(
+            LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone()))
+                .max_decoding_message_size(max_recv),
+        )
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
-        .add_service(MaintenanceServer::new(MaintenanceService::new(node.clone())).max_encoding_message_size(usize::MAX))
+        .add_service(
+            MaintenanceServer::new(MaintenanceService::new(node.clone()))
+                .max_encoding_message_size(usize::MAX),
+        )
         .add_service(AuthServer::new(AuthService::new(node.clone())));
 
     let mut incoming = Vec::new();
     for addr in &config.listen_client {
-        let listener = TcpListener::bind(addr).await.map_err(io_err(format!("listening on {addr}")))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(io_err(format!("listening on {addr}")))?;
         tracing::info!(address = %listener.local_addr().map_err(io_err("reading the bound address"))?, "serving client traffic (gRPC and HTTP)");
         incoming.push(TcpListenerStream::new(listener));
     }
@@ -136,6 +175,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     tonic::transport::Server::builder()
         .accept_http1(true)
+        .layer(tower::util::MapResponseLayer::new(
+            crate::grpc_status::etcd_compatible,
+        ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
@@ -147,8 +189,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     drop(applier);
     tokio::task::spawn_blocking(move || apply_thread.join())
         .await
-        .map_err(|e| ServerError::Io { context: "joining the apply thread".into(), source: std::io::Error::other(e) })?
-        .map_err(|_| ServerError::Io { context: "apply thread panicked".into(), source: std::io::Error::other("panic") })?;
+        .map_err(|e| ServerError::Io {
+            context: "joining the apply thread".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|_| ServerError::Io {
+            context: "apply thread panicked".into(),
+            source: std::io::Error::other("panic"),
+        })?;
     tracing::info!("stopped");
     Ok(())
 }

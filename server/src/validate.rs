@@ -3,8 +3,10 @@
 
 use std::collections::HashSet;
 
-use etcd_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
-use etcd_proto::etcdserverpb::{request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use etcd_proto::etcdserverpb::range_request::SortTarget;
+use etcd_proto::etcdserverpb::{
+    request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 
 use crate::errors::EtcdError;
 
@@ -12,7 +14,9 @@ pub fn range(r: &RangeRequest) -> Result<(), EtcdError> {
     if r.key.is_empty() {
         return Err(EtcdError::EmptyKey);
     }
-    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+    // etcd 3.5.1 accepts an unknown sort order (sorting nothing, as with NONE); an unknown sort
+    // target would leave it without a sorter, so that one gets etcd's later error.
+    if SortTarget::try_from(r.sort_target).is_err() {
         return Err(EtcdError::InvalidSortOption);
     }
     Ok(())
@@ -98,7 +102,11 @@ fn intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Interval>), Etc
         .filter_map(|op| match &op.request {
             Some(request_op::Request::RequestDeleteRange(d)) => Some(Interval {
                 start: d.key.clone(),
-                end: if d.range_end.is_empty() { None } else { Some(d.range_end.clone()) },
+                end: if d.range_end.is_empty() {
+                    None
+                } else {
+                    Some(d.range_end.clone())
+                },
             }),
             _ => None,
         })
@@ -106,7 +114,9 @@ fn intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Interval>), Etc
     let deleted = |dels: &[Interval], k: &[u8]| dels.iter().any(|iv| iv.contains(k));
     let mut puts: HashSet<Vec<u8>> = HashSet::new();
     for op in ops {
-        let Some(request_op::Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = intervals(&t.success)?;
         let (puts_else, dels_else) = intervals(&t.failure)?;
         for k in &puts_then {
@@ -125,7 +135,9 @@ fn intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Interval>), Etc
         dels.extend(dels_else);
     }
     for op in ops {
-        let Some(request_op::Request::RequestPut(p)) = &op.request else { continue };
+        let Some(request_op::Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         if puts.contains(&p.key) || deleted(&dels, &p.key) {
             return Err(EtcdError::DuplicateKey);
         }
@@ -139,28 +151,54 @@ mod tests {
     use super::*;
 
     fn put_op(k: &str) -> RequestOp {
-        RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { key: k.into(), ..Default::default() })) }
-    }
-    fn del_op(k: &str, end: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            request: Some(request_op::Request::RequestPut(PutRequest {
                 key: k.into(),
-                range_end: end.into(),
                 ..Default::default()
             })),
         }
     }
+    fn del_op(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.into(),
+                    range_end: end.into(),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
     fn txn_op(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
-        RequestOp { request: Some(request_op::Request::RequestTxn(TxnRequest { compare: vec![], success, failure })) }
+        RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                compare: vec![],
+                success,
+                failure,
+            })),
+        }
     }
     fn check(success: Vec<RequestOp>) -> Result<(), EtcdError> {
-        txn(&TxnRequest { compare: vec![], success, failure: vec![] }, 128)
+        txn(
+            &TxnRequest {
+                compare: vec![],
+                success,
+                failure: vec![],
+            },
+            128,
+        )
     }
 
     #[test]
     fn duplicate_puts_and_deleted_puts_are_rejected() {
-        assert_eq!(check(vec![put_op("a"), put_op("a")]), Err(EtcdError::DuplicateKey));
-        assert_eq!(check(vec![del_op("a", "c"), put_op("b")]), Err(EtcdError::DuplicateKey));
+        assert_eq!(
+            check(vec![put_op("a"), put_op("a")]),
+            Err(EtcdError::DuplicateKey)
+        );
+        assert_eq!(
+            check(vec![del_op("a", "c"), put_op("b")]),
+            Err(EtcdError::DuplicateKey)
+        );
         assert_eq!(check(vec![del_op("a", "\0"), put_op("z")]), Ok(()));
         assert_eq!(check(vec![del_op("a", "c"), put_op("c")]), Ok(()));
         assert_eq!(check(vec![del_op("a", ""), del_op("a", "")]), Ok(()));
@@ -169,21 +207,49 @@ mod tests {
 
     #[test]
     fn nested_branches_may_share_keys_but_not_with_parent() {
-        assert_eq!(check(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]), Ok(()));
-        assert_eq!(check(vec![put_op("a"), txn_op(vec![put_op("a")], vec![])]), Err(EtcdError::DuplicateKey));
-        assert_eq!(check(vec![txn_op(vec![del_op("a", "")], vec![]), put_op("a")]), Err(EtcdError::DuplicateKey));
-        assert_eq!(check(vec![txn_op(vec![put_op("a")], vec![]), txn_op(vec![put_op("a")], vec![])]), Err(EtcdError::DuplicateKey));
+        assert_eq!(
+            check(vec![txn_op(vec![put_op("a")], vec![put_op("a")])]),
+            Ok(())
+        );
+        assert_eq!(
+            check(vec![put_op("a"), txn_op(vec![put_op("a")], vec![])]),
+            Err(EtcdError::DuplicateKey)
+        );
+        assert_eq!(
+            check(vec![txn_op(vec![del_op("a", "")], vec![]), put_op("a")]),
+            Err(EtcdError::DuplicateKey)
+        );
+        assert_eq!(
+            check(vec![
+                txn_op(vec![put_op("a")], vec![]),
+                txn_op(vec![put_op("a")], vec![])
+            ]),
+            Err(EtcdError::DuplicateKey)
+        );
     }
 
     #[test]
     fn sizes_and_empty_ops() {
         let many: Vec<RequestOp> = (0..129).map(|i| put_op(&format!("k{i}"))).collect();
         assert_eq!(check(many), Err(EtcdError::TooManyOps));
-        assert_eq!(check(vec![RequestOp { request: None }]), Err(EtcdError::KeyNotFound));
+        assert_eq!(
+            check(vec![RequestOp { request: None }]),
+            Err(EtcdError::KeyNotFound)
+        );
         assert_eq!(check(vec![put_op("")]), Err(EtcdError::EmptyKey));
-        let p = PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ignore_value: true, ..Default::default() };
+        let p = PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        };
         assert_eq!(put(&p), Err(EtcdError::ValueProvided));
-        let p = PutRequest { key: b"k".to_vec(), lease: 5, ignore_lease: true, ..Default::default() };
+        let p = PutRequest {
+            key: b"k".to_vec(),
+            lease: 5,
+            ignore_lease: true,
+            ..Default::default()
+        };
         assert_eq!(put(&p), Err(EtcdError::LeaseProvided));
     }
 }

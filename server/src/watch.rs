@@ -16,7 +16,6 @@ use futures::StreamExt;
 use prost::Message;
 use store::mvcc::RangeEnd;
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;
@@ -42,16 +41,24 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = crate::stream::HeadersWithFirst<WatchResponse>;
 
-    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(WATCH_RESPONSES_QUEUED_MAX);
         // Subscribe before anything is read, so no batch published from now on is missed.
         let hub = self.node.hub.subscribe();
-        let stream = WatchStream { node: self.node.clone(), tx, watchers: BTreeMap::new(), next_id: 0 };
+        let stream = WatchStream {
+            node: self.node.clone(),
+            tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+        };
         tokio::spawn(stream.run(input, hub, self.shutdown.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(crate::stream::headers_with_first(rx).await))
     }
 }
 
@@ -110,7 +117,12 @@ impl WatchStream {
         mut shutdown: watch::Receiver<bool>,
     ) {
         self.node.metrics.watch_streams.inc();
-        let mut ticker = tokio::time::interval(self.node.config.progress_notify_interval.max(std::time::Duration::from_millis(100)));
+        let mut ticker = tokio::time::interval(
+            self.node
+                .config
+                .progress_notify_interval
+                .max(std::time::Duration::from_millis(100)),
+        );
         ticker.tick().await;
         loop {
             let step = tokio::select! {
@@ -142,10 +154,18 @@ impl WatchStream {
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
-        WatchResponse { header: Some(self.node.header(revision)), watch_id, ..Default::default() }
+        WatchResponse {
+            header: Some(self.node.header(revision)),
+            watch_id,
+            ..Default::default()
+        }
     }
 
-    async fn handle(&mut self, req: WatchRequest, hub: &mut broadcast::Receiver<Arc<EventBatch>>) -> Result<(), Closed> {
+    async fn handle(
+        &mut self,
+        req: WatchRequest,
+        hub: &mut broadcast::Receiver<Arc<EventBatch>>,
+    ) -> Result<(), Closed> {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
@@ -163,7 +183,9 @@ impl WatchStream {
                 loop {
                     match hub.try_recv() {
                         Ok(batch) => self.deliver(&batch).await?,
-                        Err(broadcast::error::TryRecvError::Lagged(_)) => self.catch_up_all().await?,
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            self.catch_up_all().await?
+                        }
                         Err(_) => break,
                     }
                 }
@@ -177,7 +199,12 @@ impl WatchStream {
     /// The newest revision all watchers have been sent (the current one with no watchers).
     fn synced_revision(&self) -> i64 {
         let current = self.node.store.current_revision();
-        self.watchers.values().map(|w| w.next_rev - 1).min().unwrap_or(current).min(current)
+        self.watchers
+            .values()
+            .map(|w| w.next_rev - 1)
+            .min()
+            .unwrap_or(current)
+            .min(current)
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
@@ -195,7 +222,11 @@ impl WatchStream {
         }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
-                return self.send(refuse("mvcc: duplicate watch ID provided on the WatchStream")).await;
+                return self
+                    .send(refuse(
+                        "mvcc: duplicate watch ID provided on the WatchStream",
+                    ))
+                    .await;
             }
             c.watch_id
         } else {
@@ -205,7 +236,11 @@ impl WatchStream {
             self.next_id += 1;
             self.next_id - 1
         };
-        let next_rev = if c.start_revision == 0 { current + 1 } else { c.start_revision.max(1) };
+        let next_rev = if c.start_revision == 0 {
+            current + 1
+        } else {
+            c.start_revision.max(1)
+        };
         let watcher = Watcher {
             key: c.key,
             end,
@@ -237,14 +272,23 @@ impl WatchStream {
     /// history in bounded chunks; cancels it if that history was compacted.
     async fn catch_up(&mut self, id: i64) -> Result<(), Closed> {
         loop {
-            let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+            let Some(w) = self.watchers.get(&id) else {
+                return Ok(());
+            };
             let current = self.node.store.current_revision();
             if w.next_rev > current {
                 return Ok(());
             }
-            let (store, from, key, end) = (self.node.store.clone(), w.next_rev, w.key.clone(), w.end.clone());
+            let (store, from, key, end) = (
+                self.node.store.clone(),
+                w.next_rev,
+                w.key.clone(),
+                w.end.clone(),
+            );
             let read = tokio::task::spawn_blocking(move || {
-                store.history(from, current, CATCH_UP_EVENTS_MAX, |k| end.contains(&key, k))
+                store.history(from, current, CATCH_UP_EVENTS_MAX, |k| {
+                    end.contains(&key, k)
+                })
             })
             .await;
             let history = match read {
@@ -268,7 +312,12 @@ impl WatchStream {
                 }
             };
             let w = self.watchers.get(&id).expect("present");
-            let events: Vec<Event> = history.events.iter().filter(|e| w.wants(e)).map(|e| w.shape(e)).collect();
+            let events: Vec<Event> = history
+                .events
+                .iter()
+                .filter(|e| w.wants(e))
+                .map(|e| w.shape(e))
+                .collect();
             let to_rev = history.next - 1;
             self.send_events(id, events, to_rev).await?;
             if let Some(w) = self.watchers.get_mut(&id) {
@@ -284,7 +333,12 @@ impl WatchStream {
             if batch.to_rev < w.next_rev {
                 continue;
             }
-            let events: Vec<Event> = batch.events.iter().filter(|e| w.wants(e)).map(|e| w.shape(e)).collect();
+            let events: Vec<Event> = batch
+                .events
+                .iter()
+                .filter(|e| w.wants(e))
+                .map(|e| w.shape(e))
+                .collect();
             self.send_events(id, events, batch.to_rev).await?;
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.next_rev = batch.to_rev + 1;
@@ -295,11 +349,18 @@ impl WatchStream {
 
     /// Sends events for one watcher, split into fragments if it asked for them and the
     /// response would exceed `--max-request-bytes` plus 512 KiB (etcd's threshold).
-    async fn send_events(&mut self, id: i64, events: Vec<Event>, revision: i64) -> Result<(), Closed> {
+    async fn send_events(
+        &mut self,
+        id: i64,
+        events: Vec<Event>,
+        revision: i64,
+    ) -> Result<(), Closed> {
         if events.is_empty() {
             return Ok(());
         }
-        let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return Ok(());
+        };
         w.sent_since_tick = true;
         let fragment = w.fragment;
         let mut resp = self.response(id, revision);
@@ -318,7 +379,8 @@ impl WatchStream {
             part.events.push(e);
             if part.events.len() > 1 && part.encoded_len() >= limit {
                 let carried = part.events.pop().expect("just pushed");
-                self.send(std::mem::replace(&mut part, self.response(id, revision))).await?;
+                self.send(std::mem::replace(&mut part, self.response(id, revision)))
+                    .await?;
                 part.fragment = true;
                 part.events.push(carried);
             }

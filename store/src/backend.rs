@@ -37,7 +37,9 @@ pub struct BackendOptions {
 
 impl Default for BackendOptions {
     fn default() -> Self {
-        BackendOptions { block_cache_bytes: 64 << 20 }
+        BackendOptions {
+            block_cache_bytes: 64 << 20,
+        }
     }
 }
 

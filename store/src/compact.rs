@@ -33,8 +33,10 @@ impl Store {
         let opts = WriteOptions::default();
         revs.seek_to_first();
         while revs.valid() && revs.key().expect("valid") <= &bound[..] {
-            let r = Revision::decode(revs.key().expect("valid"))
-                .ok_or_else(|| Error::Corrupt { cf: CF_REV, detail: "malformed revision".into() })?;
+            let r = Revision::decode(revs.key().expect("valid")).ok_or_else(|| Error::Corrupt {
+                cf: CF_REV,
+                detail: "malformed revision".into(),
+            })?;
             let key = revs.value().expect("valid").to_vec();
             let drop = match mvcc::latest(&mut versions, &key, rev)? {
                 Some((newest, tombstone, _)) => r < newest || (r == newest && tombstone),
@@ -54,7 +56,11 @@ impl Store {
             revs.next();
         }
         revs.status()?;
-        batch.put_cf(db.cf_handle(CF_META).expect("cf"), backend::META_FINISHED_COMPACT, backend::encode_i64(rev));
+        batch.put_cf(
+            db.cf_handle(CF_META).expect("cf"),
+            backend::META_FINISHED_COMPACT,
+            backend::encode_i64(rev),
+        );
         db.write_opt(batch, &opts)?;
         tracing::info!(revision = rev, removed, "finished physical compaction");
         Ok(removed)

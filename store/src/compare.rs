@@ -57,31 +57,98 @@ mod tests {
     use super::*;
 
     fn cmp(target: CompareTarget, result: CompareResult, union: TargetUnion) -> Compare {
-        Compare { result: result as i32, target: target as i32, key: b"k".to_vec(), target_union: Some(union), range_end: vec![] }
+        Compare {
+            result: result as i32,
+            target: target as i32,
+            key: b"k".to_vec(),
+            target_union: Some(union),
+            range_end: vec![],
+        }
     }
 
     #[test]
     fn absent_key_compares_as_zero_except_value() {
-        assert!(holds(&cmp(CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0)), &[]));
-        assert!(holds(&cmp(CompareTarget::Mod, CompareResult::Equal, TargetUnion::ModRevision(0)), &[]));
-        assert!(!holds(&cmp(CompareTarget::Value, CompareResult::Equal, TargetUnion::Value(vec![])), &[]));
-        assert!(!holds(&cmp(CompareTarget::Value, CompareResult::NotEqual, TargetUnion::Value(b"x".to_vec())), &[]));
+        assert!(holds(
+            &cmp(
+                CompareTarget::Version,
+                CompareResult::Equal,
+                TargetUnion::Version(0)
+            ),
+            &[]
+        ));
+        assert!(holds(
+            &cmp(
+                CompareTarget::Mod,
+                CompareResult::Equal,
+                TargetUnion::ModRevision(0)
+            ),
+            &[]
+        ));
+        assert!(!holds(
+            &cmp(
+                CompareTarget::Value,
+                CompareResult::Equal,
+                TargetUnion::Value(vec![])
+            ),
+            &[]
+        ));
+        assert!(!holds(
+            &cmp(
+                CompareTarget::Value,
+                CompareResult::NotEqual,
+                TargetUnion::Value(b"x".to_vec())
+            ),
+            &[]
+        ));
     }
 
     #[test]
     fn ranged_compare_needs_every_key() {
-        let a = KeyValue { key: b"a".to_vec(), version: 1, ..Default::default() };
-        let b = KeyValue { key: b"b".to_vec(), version: 3, ..Default::default() };
-        let c = cmp(CompareTarget::Version, CompareResult::Greater, TargetUnion::Version(0));
+        let a = KeyValue {
+            key: b"a".to_vec(),
+            version: 1,
+            ..Default::default()
+        };
+        let b = KeyValue {
+            key: b"b".to_vec(),
+            version: 3,
+            ..Default::default()
+        };
+        let c = cmp(
+            CompareTarget::Version,
+            CompareResult::Greater,
+            TargetUnion::Version(0),
+        );
         assert!(holds(&c, &[a.clone(), b.clone()]));
-        let c = cmp(CompareTarget::Version, CompareResult::Less, TargetUnion::Version(2));
+        let c = cmp(
+            CompareTarget::Version,
+            CompareResult::Less,
+            TargetUnion::Version(2),
+        );
         assert!(!holds(&c, &[a, b]));
     }
 
     #[test]
     fn value_compares_bytewise() {
-        let kv = KeyValue { value: b"abc".to_vec(), ..Default::default() };
-        assert!(holds(&cmp(CompareTarget::Value, CompareResult::Greater, TargetUnion::Value(b"abb".to_vec())), &[kv.clone()]));
-        assert!(holds(&cmp(CompareTarget::Value, CompareResult::Less, TargetUnion::Value(b"abcd".to_vec())), &[kv]));
+        let kv = KeyValue {
+            value: b"abc".to_vec(),
+            ..Default::default()
+        };
+        assert!(holds(
+            &cmp(
+                CompareTarget::Value,
+                CompareResult::Greater,
+                TargetUnion::Value(b"abb".to_vec())
+            ),
+            &[kv.clone()]
+        ));
+        assert!(holds(
+            &cmp(
+                CompareTarget::Value,
+                CompareResult::Less,
+                TargetUnion::Value(b"abcd".to_vec())
+            ),
+            &[kv]
+        ));
     }
 }

@@ -5,10 +5,14 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A read or watch asked for history that compaction has dropped.
-    #[error("mvcc: required revision has been compacted (requested {requested}, compacted {compacted})")]
+    #[error(
+        "mvcc: required revision has been compacted (requested {requested}, compacted {compacted})"
+    )]
     Compacted { requested: i64, compacted: i64 },
     /// A read or compaction asked for a revision the store has not reached.
-    #[error("mvcc: required revision is a future revision (requested {requested}, current {current})")]
+    #[error(
+        "mvcc: required revision is a future revision (requested {requested}, current {current})"
+    )]
     FutureRev { requested: i64, current: i64 },
     /// A put attached, or a request named, a lease that does not exist.
     #[error("requested lease not found: {0:x}")]

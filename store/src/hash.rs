@@ -28,9 +28,14 @@ impl Store {
         let mut kept_at_compaction = false;
         while iter.valid() {
             let k = iter.key().expect("valid");
-            let n = escaped_len(k).ok_or_else(|| Error::Corrupt { cf: CF_KEY, detail: "malformed key".into() })?;
-            let version = Revision::decode_desc(&k[n..])
-                .ok_or_else(|| Error::Corrupt { cf: CF_KEY, detail: "malformed revision".into() })?;
+            let n = escaped_len(k).ok_or_else(|| Error::Corrupt {
+                cf: CF_KEY,
+                detail: "malformed key".into(),
+            })?;
+            let version = Revision::decode_desc(&k[n..]).ok_or_else(|| Error::Corrupt {
+                cf: CF_KEY,
+                detail: "malformed revision".into(),
+            })?;
             if k[..n] != current_key[..] {
                 current_key.clear();
                 current_key.extend_from_slice(&k[..n]);

@@ -22,20 +22,34 @@ impl Store {
     /// Reads events with revisions in `[from, to]` whose key satisfies `wanted`, stopping at a
     /// revision boundary once `max_events` have been read. Fails with `Compacted` if `from`
     /// is below the compacted revision.
-    pub fn history(&self, from: i64, to: i64, max_events: usize, wanted: impl Fn(&[u8]) -> bool) -> Result<History> {
+    pub fn history(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+        wanted: impl Fn(&[u8]) -> bool,
+    ) -> Result<History> {
         let view = self.view();
         let compacted = self.compacted_revision();
         if from < compacted {
-            return Err(Error::Compacted { requested: from, compacted });
+            return Err(Error::Compacted {
+                requested: from,
+                compacted,
+            });
         }
         let mut revs = view.iter(CF_REV, Some(Revision::new(to + 1, 0).encode().to_vec()));
         let mut versions = view.iter(CF_KEY, None);
         revs.seek(Revision::new(from, 0).encode());
-        let mut out = History { events: Vec::new(), next: to + 1 };
+        let mut out = History {
+            events: Vec::new(),
+            next: to + 1,
+        };
         let mut last_main = from;
         while revs.valid() {
-            let r = Revision::decode(revs.key().expect("valid"))
-                .ok_or_else(|| Error::Corrupt { cf: CF_REV, detail: "malformed revision".into() })?;
+            let r = Revision::decode(revs.key().expect("valid")).ok_or_else(|| Error::Corrupt {
+                cf: CF_REV,
+                detail: "malformed revision".into(),
+            })?;
             if out.events.len() >= max_events && r.main != last_main {
                 out.next = r.main;
                 return Ok(out);
@@ -43,7 +57,8 @@ impl Store {
             last_main = r.main;
             let key = revs.value().expect("valid");
             if wanted(key) {
-                out.events.push(read_event(&mut versions, key, r, compacted)?);
+                out.events
+                    .push(read_event(&mut versions, key, r, compacted)?);
             }
             revs.next();
         }
@@ -55,12 +70,20 @@ impl Store {
 /// Reads the change at `r` with its `prev_kv`: as etcd defines it, the key's live version at
 /// revision `r.main - 1` (so not an earlier change in the same txn), if not compacted away,
 /// and none for a put that creates the key.
-fn read_event(versions: &mut rocksdb::DBRawIterator<'_>, key: &[u8], r: Revision, compacted: i64) -> Result<Event> {
+fn read_event(
+    versions: &mut rocksdb::DBRawIterator<'_>,
+    key: &[u8],
+    r: Revision,
+    compacted: i64,
+) -> Result<Event> {
     let vk = version_key(key, r);
     versions.seek(&vk);
     if !versions.valid() || versions.key().expect("valid") != &vk[..] {
         versions.status()?;
-        return Err(Error::Corrupt { cf: CF_KEY, detail: format!("revision {r} has no version") });
+        return Err(Error::Corrupt {
+            cf: CF_KEY,
+            detail: format!("revision {r} has no version"),
+        });
     }
     let (tombstone, kv) = decode_version(versions.value().expect("valid"))?;
     // Older versions follow, newest first; skip those from the same txn.
@@ -73,7 +96,10 @@ fn read_event(versions: &mut rocksdb::DBRawIterator<'_>, key: &[u8], r: Revision
         if escaped_len(k) != Some(n) || k[..n] != vk[..n] {
             break;
         }
-        let older = Revision::decode_desc(&k[n..]).ok_or_else(|| Error::Corrupt { cf: CF_KEY, detail: "malformed revision".into() })?;
+        let older = Revision::decode_desc(&k[n..]).ok_or_else(|| Error::Corrupt {
+            cf: CF_KEY,
+            detail: "malformed revision".into(),
+        })?;
         if older.main < r.main {
             let (prev_tomb, prev) = decode_version(versions.value().expect("valid"))?;
             if !prev_tomb {
@@ -83,6 +109,14 @@ fn read_event(versions: &mut rocksdb::DBRawIterator<'_>, key: &[u8], r: Revision
         }
         versions.next();
     }
-    let r#type = if tombstone { EventType::Delete } else { EventType::Put } as i32;
-    Ok(Event { r#type, kv: Some(kv), prev_kv })
+    let r#type = if tombstone {
+        EventType::Delete
+    } else {
+        EventType::Put
+    } as i32;
+    Ok(Event {
+        r#type,
+        kv: Some(kv),
+        prev_kv,
+    })
 }

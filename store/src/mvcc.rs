@@ -27,7 +27,9 @@ pub fn encode_version(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
 /// Decodes a `key`-family value into (tombstone?, record).
 pub fn decode_version(bytes: &[u8]) -> Result<(bool, KeyValue)> {
     let corrupt = |detail: String| Error::Corrupt { cf: CF_KEY, detail };
-    let (&tag, rest) = bytes.split_first().ok_or_else(|| corrupt("empty value".into()))?;
+    let (&tag, rest) = bytes
+        .split_first()
+        .ok_or_else(|| corrupt("empty value".into()))?;
     let kv = KeyValue::decode(rest).map_err(|e| corrupt(e.to_string()))?;
     match tag {
         TAG_LIVE => Ok((false, kv)),
@@ -62,7 +64,10 @@ pub fn escaped_len(encoded: &[u8]) -> Option<usize> {
 }
 
 fn split_version_key(encoded: &[u8]) -> Result<(usize, Revision)> {
-    let corrupt = || Error::Corrupt { cf: CF_KEY, detail: format!("malformed key {:?}", crate::EscapedKey(encoded)) };
+    let corrupt = || Error::Corrupt {
+        cf: CF_KEY,
+        detail: format!("malformed key {:?}", crate::EscapedKey(encoded)),
+    };
     let n = escaped_len(encoded).ok_or_else(corrupt)?;
     let rev = Revision::decode_desc(&encoded[n..]).ok_or_else(corrupt)?;
     Ok((n, rev))
@@ -203,7 +208,11 @@ pub fn scan(
 
 /// Returns the newest version of `key` at or below `rev` (tombstones included), with its
 /// revision, or `None` if the key has no version there.
-pub fn latest(iter: &mut DBRawIterator<'_>, key: &[u8], rev: i64) -> Result<Option<(Revision, bool, KeyValue)>> {
+pub fn latest(
+    iter: &mut DBRawIterator<'_>,
+    key: &[u8],
+    rev: i64,
+) -> Result<Option<(Revision, bool, KeyValue)>> {
     let seek_to = version_key(key, Revision::new(rev, i64::MAX));
     iter.seek(&seek_to);
     if !iter.valid() {

@@ -16,11 +16,25 @@ use crate::Result;
 pub trait RangeSource {
     /// Scans `[key, range_end)` at `rev` (<= 0: the source's current revision). Returns the
     /// scan and the revision to report in the response header.
-    fn scan(&self, key: &[u8], range_end: &[u8], rev: i64, limit: usize, count_only: bool) -> Result<(Scan, i64)>;
+    fn scan(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<(Scan, i64)>;
 }
 
 impl RangeSource for Store {
-    fn scan(&self, key: &[u8], range_end: &[u8], rev: i64, limit: usize, count_only: bool) -> Result<(Scan, i64)> {
+    fn scan(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<(Scan, i64)> {
         Store::scan(self, key, range_end, rev, limit, count_only)
     }
 }
@@ -34,8 +48,13 @@ pub fn execute(src: &impl RangeSource, r: &RangeRequest) -> Result<RangeResponse
         || r.min_create_revision != 0
         || r.max_create_revision != 0;
     // Sorting or filtering needs every key before the limit applies.
-    let scan_limit = if sort_order != SortOrder::None || filtered || r.limit <= 0 { 0 } else { r.limit as usize + 1 };
-    let (scan, header_rev) = src.scan(&r.key, &r.range_end, r.revision, scan_limit, r.count_only)?;
+    let scan_limit = if sort_order != SortOrder::None || filtered || r.limit <= 0 {
+        0
+    } else {
+        r.limit as usize + 1
+    };
+    let (scan, header_rev) =
+        src.scan(&r.key, &r.range_end, r.revision, scan_limit, r.count_only)?;
     let mut kvs = scan.kvs;
     if filtered {
         kvs.retain(|kv| {
@@ -46,7 +65,11 @@ pub fn execute(src: &impl RangeSource, r: &RangeRequest) -> Result<RangeResponse
         });
     }
     // As etcd: a non-key target with no order sorts ascending; results are already in key order.
-    let order = if sort_target != SortTarget::Key && sort_order == SortOrder::None { SortOrder::Ascend } else { sort_order };
+    let order = if sort_target != SortTarget::Key && sort_order == SortOrder::None {
+        SortOrder::Ascend
+    } else {
+        sort_order
+    };
     if order != SortOrder::None {
         let by = |a: &KeyValue, b: &KeyValue| -> Ordering {
             match sort_target {
@@ -74,7 +97,10 @@ pub fn execute(src: &impl RangeSource, r: &RangeRequest) -> Result<RangeResponse
         }
     }
     Ok(RangeResponse {
-        header: Some(ResponseHeader { revision: header_rev, ..Default::default() }),
+        header: Some(ResponseHeader {
+            revision: header_rev,
+            ..Default::default()
+        }),
         kvs,
         more,
         count: scan.count,

@@ -15,13 +15,24 @@ pub enum WriteRequest {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     /// Drops history below `revision` (logically now; physically via `Store::compact_physical`).
-    Compact { revision: i64 },
+    Compact {
+        revision: i64,
+    },
     /// Creates lease `id` (chosen by the proposer, never 0) with a TTL in seconds.
-    LeaseGrant { id: i64, ttl_secs: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl_secs: i64,
+    },
     /// Deletes lease `id` and, in one revision, every key attached to it.
-    LeaseRevoke { id: i64 },
+    LeaseRevoke {
+        id: i64,
+    },
     /// Raises (`activate = true`) or clears an alarm for a member.
-    Alarm { activate: bool, member_id: u64, alarm: i32 },
+    Alarm {
+        activate: bool,
+        member_id: u64,
+        alarm: i32,
+    },
 }
 
 /// The typed result of a write; response headers are left for the caller to fill.
@@ -31,7 +42,10 @@ pub enum WriteResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
-    LeaseGrant { id: i64, ttl_secs: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl_secs: i64,
+    },
     LeaseRevoke,
     /// The alarms the request changed.
     Alarm(Vec<AlarmMember>),

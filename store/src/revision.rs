@@ -53,7 +53,10 @@ impl Revision {
         }
         let main = u64::MAX - u64::from_be_bytes(bytes[..8].try_into().ok()?);
         let sub = u64::MAX - u64::from_be_bytes(bytes[8..].try_into().ok()?);
-        Some(Revision { main: main as i64, sub: sub as i64 })
+        Some(Revision {
+            main: main as i64,
+            sub: sub as i64,
+        })
     }
 }
 

@@ -36,7 +36,11 @@ pub enum SnapshotError {
 
 /// Packs the files of checkpoint directory `dir` into the archive `out`.
 pub fn pack(dir: &Path, out: &Path) -> Result<u64, SnapshotError> {
-    let mut w = HashingWriter { inner: BufWriter::new(File::create(out)?), hasher: Sha256::new(), written: 0 };
+    let mut w = HashingWriter {
+        inner: BufWriter::new(File::create(out)?),
+        hasher: Sha256::new(),
+        written: 0,
+    };
     w.write_all(MAGIC)?;
     w.write_all(&VERSION.to_be_bytes())?;
     let mut names: Vec<_> = fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
@@ -45,14 +49,19 @@ pub fn pack(dir: &Path, out: &Path) -> Result<u64, SnapshotError> {
         if !entry.file_type()?.is_file() {
             continue;
         }
-        let name = entry.file_name().into_string().map_err(|_| SnapshotError::Format("non-UTF-8 file name".into()))?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|_| SnapshotError::Format("non-UTF-8 file name".into()))?;
         let size = entry.metadata()?.len();
         w.write_all(&(name.len() as u32).to_be_bytes())?;
         w.write_all(name.as_bytes())?;
         w.write_all(&size.to_be_bytes())?;
         let copied = io::copy(&mut File::open(entry.path())?.take(size), &mut w)?;
         if copied != size {
-            return Err(SnapshotError::Format(format!("{name} changed size while packing")));
+            return Err(SnapshotError::Format(format!(
+                "{name} changed size while packing"
+            )));
         }
     }
     w.write_all(&0u32.to_be_bytes())?;
@@ -96,7 +105,8 @@ pub fn unpack(file: &Path, dir: &Path) -> Result<(), SnapshotError> {
         }
         let mut name = vec![0u8; name_len];
         r.read_exact(&mut name)?;
-        let name = String::from_utf8(name).map_err(|_| SnapshotError::Format("bad file name".into()))?;
+        let name =
+            String::from_utf8(name).map_err(|_| SnapshotError::Format("bad file name".into()))?;
         if name.contains('/') || name == ".." || name == "." {
             return Err(SnapshotError::Format(format!("unsafe file name {name:?}")));
         }
@@ -174,6 +184,9 @@ mod tests {
         let mut bytes = fs::read(&archive).unwrap();
         bytes[100] ^= 1;
         fs::write(&archive, bytes).unwrap();
-        assert!(matches!(unpack(&archive, &out.path().join("again")), Err(SnapshotError::Checksum)));
+        assert!(matches!(
+            unpack(&archive, &out.path().join("again")),
+            Err(SnapshotError::Checksum)
+        ));
     }
 }

@@ -19,9 +19,12 @@ pub(crate) struct Inner {
     pub(crate) path: PathBuf,
     /// Newest revision whose writes are durable and visible to readers.
     pub(crate) published: AtomicI64,
-    /// Revision below which history is (logically) gone.
+    /// Revision below which history is (logically) gone; [`NEVER_COMPACTED`] at first.
     pub(crate) compacted: AtomicI64,
 }
+
+/// The compacted revision of a store that was never compacted (etcd reports -1 too).
+pub const NEVER_COMPACTED: i64 = -1;
 
 /// A cloneable read handle. See the module comment for the visibility rule.
 #[derive(Clone)]
@@ -45,7 +48,11 @@ impl<'a> View<'a> {
         o
     }
 
-    pub(crate) fn iter(&self, cf: &str, upper_bound: Option<Vec<u8>>) -> rocksdb::DBRawIterator<'a> {
+    pub(crate) fn iter(
+        &self,
+        cf: &str,
+        upper_bound: Option<Vec<u8>>,
+    ) -> rocksdb::DBRawIterator<'a> {
         let handle = self.db.cf_handle(cf).expect("column family exists");
         self.db.raw_iterator_cf_opt(handle, self.opts(upper_bound))
     }
@@ -54,7 +61,10 @@ impl<'a> View<'a> {
 impl Store {
     /// Opens the store under `dir`, returning the read handle and the one writer.
     pub fn open(dir: &Path, opts: &BackendOptions) -> Result<(Store, Writer)> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Corrupt { cf: "dir", detail: e.to_string() })?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::Corrupt {
+            cf: "dir",
+            detail: e.to_string(),
+        })?;
         let db = backend::open(dir, opts)?;
         let meta = |key: &[u8]| -> Result<i64> {
             match db.get_cf(db.cf_handle(CF_META).expect("cf"), key)? {
@@ -64,7 +74,14 @@ impl Store {
         };
         // Revision 1 is etcd's empty store; the first write makes revision 2.
         let current = meta(backend::META_CURRENT_REV)?.max(1);
-        let compacted = meta(backend::META_SCHEDULED_COMPACT)?;
+        // As etcd: -1 until the first compaction, so compacting at revision 0 is allowed once.
+        let compacted = match db.get_cf(
+            db.cf_handle(CF_META).expect("cf"),
+            backend::META_SCHEDULED_COMPACT,
+        )? {
+            Some(v) => backend::decode_i64(CF_META, &v)?,
+            None => NEVER_COMPACTED,
+        };
         let inner = Arc::new(Inner {
             db,
             path: dir.to_path_buf(),
@@ -81,7 +98,7 @@ impl Store {
         self.inner.published.load(Ordering::Acquire)
     }
 
-    /// The revision of the last compaction (0 if none).
+    /// The revision of the last compaction ([`NEVER_COMPACTED`] if none).
     pub fn compacted_revision(&self) -> i64 {
         self.inner.compacted.load(Ordering::Acquire)
     }
@@ -105,7 +122,10 @@ impl Store {
     }
 
     pub(crate) fn view(&self) -> View<'_> {
-        View { db: &self.inner.db, snapshot: self.inner.db.snapshot() }
+        View {
+            db: &self.inner.db,
+            snapshot: self.inner.db.snapshot(),
+        }
     }
 
     /// Checks that `rev` (0 = current) can be read, returning the revision to read at.
@@ -118,18 +138,31 @@ impl Store {
             return Ok(current);
         }
         if rev > current {
-            return Err(Error::FutureRev { requested: rev, current });
+            return Err(Error::FutureRev {
+                requested: rev,
+                current,
+            });
         }
         let compacted = self.compacted_revision();
         if rev < compacted {
-            return Err(Error::Compacted { requested: rev, compacted });
+            return Err(Error::Compacted {
+                requested: rev,
+                compacted,
+            });
         }
         Ok(rev)
     }
 
     /// Scans `[key, range_end)` at `rev` (0 = current). Returns the scan and the revision the
     /// store was at when the read began (etcd's response header revision).
-    pub fn scan(&self, key: &[u8], range_end: &[u8], rev: i64, limit: usize, count_only: bool) -> Result<(Scan, i64)> {
+    pub fn scan(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<(Scan, i64)> {
         let current = self.current_revision();
         // The snapshot is taken after `current` is loaded, so it holds every write up to it;
         // the compaction check runs after the snapshot, so a compaction that could have
@@ -161,7 +194,10 @@ impl Store {
         while iter.valid() {
             let k = iter.key().expect("valid");
             let id = backend::decode_i64(CF_LEASE, &k[1..])?;
-            out.push((id, backend::decode_i64(CF_LEASE, iter.value().expect("valid"))?));
+            out.push((
+                id,
+                backend::decode_i64(CF_LEASE, iter.value().expect("valid"))?,
+            ));
             iter.next();
         }
         iter.status()?;
@@ -205,8 +241,15 @@ impl Store {
         let mut total = 0;
         for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
             let h = db.cf_handle(cf).expect("cf");
-            for prop in ["rocksdb.total-sst-files-size", "rocksdb.size-all-mem-tables"] {
-                total += db.property_int_value_cf(h, prop).ok().flatten().unwrap_or(0);
+            for prop in [
+                "rocksdb.total-sst-files-size",
+                "rocksdb.size-all-mem-tables",
+            ] {
+                total += db
+                    .property_int_value_cf(h, prop)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
             }
         }
         total
@@ -219,7 +262,11 @@ impl Store {
         for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
             let h = db.cf_handle(cf).expect("cf");
             for prop in ["rocksdb.live-sst-files-size", "rocksdb.size-all-mem-tables"] {
-                total += db.property_int_value_cf(h, prop).ok().flatten().unwrap_or(0);
+                total += db
+                    .property_int_value_cf(h, prop)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
             }
         }
         total

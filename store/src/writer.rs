@@ -61,15 +61,26 @@ impl Writer {
             WriteRequest::Txn(t) => WriteResponse::Txn(w.txn(t)?),
             WriteRequest::Compact { revision } => {
                 self.check_compact(*revision)?;
-                w.batch.put_cf(cf(db, CF_META), backend::META_SCHEDULED_COMPACT, backend::encode_i64(*revision));
+                w.batch.put_cf(
+                    cf(db, CF_META),
+                    backend::META_SCHEDULED_COMPACT,
+                    backend::encode_i64(*revision),
+                );
                 WriteResponse::Compact
             }
             WriteRequest::LeaseGrant { id, ttl_secs } => {
                 if lease_exists(db, *id)? {
                     return Err(Error::LeaseExists(*id));
                 }
-                w.batch.put_cf(cf(db, CF_LEASE), backend::lease_key(*id), backend::encode_i64(*ttl_secs));
-                WriteResponse::LeaseGrant { id: *id, ttl_secs: *ttl_secs }
+                w.batch.put_cf(
+                    cf(db, CF_LEASE),
+                    backend::lease_key(*id),
+                    backend::encode_i64(*ttl_secs),
+                );
+                WriteResponse::LeaseGrant {
+                    id: *id,
+                    ttl_secs: *ttl_secs,
+                }
             }
             WriteRequest::LeaseRevoke { id } => {
                 if !lease_exists(db, *id)? {
@@ -77,12 +88,17 @@ impl Writer {
                 }
                 for key in self.store.lease_keys_latest(*id)? {
                     w.delete_key(&key)?;
-                    w.batch.delete_cf(cf(db, CF_LEASE), backend::lease_attachment(*id, &key));
+                    w.batch
+                        .delete_cf(cf(db, CF_LEASE), backend::lease_attachment(*id, &key));
                 }
                 w.batch.delete_cf(cf(db, CF_LEASE), backend::lease_key(*id));
                 WriteResponse::LeaseRevoke
             }
-            WriteRequest::Alarm { activate, member_id, alarm } => {
+            WriteRequest::Alarm {
+                activate,
+                member_id,
+                alarm,
+            } => {
                 let raw = db.get_cf(cf(db, CF_META), backend::META_ALARMS)?;
                 let mut alarms = decode_alarms(raw.as_deref());
                 let entry = (*member_id, *alarm);
@@ -99,35 +115,60 @@ impl Writer {
                     }
                     _ => false,
                 };
-                w.batch.put_cf(cf(db, CF_META), backend::META_ALARMS, encode_alarms(&alarms));
+                w.batch.put_cf(
+                    cf(db, CF_META),
+                    backend::META_ALARMS,
+                    encode_alarms(&alarms),
+                );
                 // As etcd: activation reports the alarm; deactivation only one that was raised.
                 let reported = *activate || changed;
                 let (member_id, alarm) = entry;
-                WriteResponse::Alarm(if reported { vec![AlarmMember { member_id, alarm }] } else { vec![] })
+                WriteResponse::Alarm(if reported {
+                    vec![AlarmMember { member_id, alarm }]
+                } else {
+                    vec![]
+                })
             }
         };
         let changed = w.sub > 0;
         let new_rev = if changed { w.rev } else { self.rev };
         if changed {
-            w.batch.put_cf(cf(db, CF_META), backend::META_CURRENT_REV, backend::encode_i64(new_rev));
+            w.batch.put_cf(
+                cf(db, CF_META),
+                backend::META_CURRENT_REV,
+                backend::encode_i64(new_rev),
+            );
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         db.write_opt(w.batch, &opts)?;
         self.rev = new_rev;
         if let WriteRequest::Compact { revision } = req {
-            self.store.inner.compacted.store(*revision, Ordering::Release);
+            self.store
+                .inner
+                .compacted
+                .store(*revision, Ordering::Release);
         }
-        Ok(Applied { response, revision: new_rev, events: w.events })
+        Ok(Applied {
+            response,
+            revision: new_rev,
+            events: w.events,
+        })
     }
 
     fn check_compact(&self, revision: i64) -> Result<()> {
         let compacted = self.store.compacted_revision();
         if revision <= compacted {
-            return Err(Error::Compacted { requested: revision, compacted });
+            return Err(Error::Compacted {
+                requested: revision,
+                compacted,
+            });
         }
         if revision > self.rev {
-            return Err(Error::FutureRev { requested: revision, current: self.rev });
+            return Err(Error::FutureRev {
+                requested: revision,
+                current: self.rev,
+            });
         }
         Ok(())
     }
@@ -140,7 +181,10 @@ impl Writer {
 
     /// Makes every applied revision visible to readers. Call after [`Writer::sync`].
     pub fn publish(&self) {
-        self.store.inner.published.store(self.rev, Ordering::Release);
+        self.store
+            .inner
+            .published
+            .store(self.rev, Ordering::Release);
     }
 }
 
@@ -149,19 +193,29 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
 }
 
 fn lease_exists(db: &DB, id: i64) -> Result<bool> {
-    Ok(db.get_pinned_cf(cf(db, CF_LEASE), backend::lease_key(id))?.is_some())
+    Ok(db
+        .get_pinned_cf(cf(db, CF_LEASE), backend::lease_key(id))?
+        .is_some())
 }
 
 pub(crate) fn decode_alarms(raw: Option<&[u8]>) -> Vec<(u64, i32)> {
     raw.and_then(|b| AlarmResponse::decode(b).ok())
-        .map(|r| r.alarms.into_iter().map(|a| (a.member_id, a.alarm)).collect())
+        .map(|r| {
+            r.alarms
+                .into_iter()
+                .map(|a| (a.member_id, a.alarm))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn encode_alarms(alarms: &[(u64, i32)]) -> Vec<u8> {
     AlarmResponse {
         header: None,
-        alarms: alarms.iter().map(|&(member_id, alarm)| AlarmMember { member_id, alarm }).collect(),
+        alarms: alarms
+            .iter()
+            .map(|&(member_id, alarm)| AlarmMember { member_id, alarm })
+            .collect(),
     }
     .encode_to_vec()
 }
@@ -185,7 +239,16 @@ struct Change<'a> {
 
 impl<'a> Change<'a> {
     fn new(db: &'a DB, base: i64, compacted: i64) -> Self {
-        Change { db, base, rev: base + 1, compacted, sub: 0, batch: WriteBatch::default(), overlay: BTreeMap::new(), events: Vec::new() }
+        Change {
+            db,
+            base,
+            rev: base + 1,
+            compacted,
+            sub: 0,
+            batch: WriteBatch::default(),
+            overlay: BTreeMap::new(),
+            events: Vec::new(),
+        }
     }
 
     /// The revision reads inside this request see: etcd's `beginRev`, plus one once written.
@@ -259,18 +322,36 @@ impl<'a> Change<'a> {
         };
         let prev_lease = prev.as_ref().map_or(0, |k| k.lease);
         if prev_lease != 0 && prev_lease != lease {
-            self.batch.delete_cf(cf(self.db, CF_LEASE), backend::lease_attachment(prev_lease, &p.key));
+            self.batch.delete_cf(
+                cf(self.db, CF_LEASE),
+                backend::lease_attachment(prev_lease, &p.key),
+            );
         }
         if lease != 0 {
-            self.batch.put_cf(cf(self.db, CF_LEASE), backend::lease_attachment(lease, &p.key), []);
+            self.batch.put_cf(
+                cf(self.db, CF_LEASE),
+                backend::lease_attachment(lease, &p.key),
+                [],
+            );
         }
         self.write_version(&kv, false);
         // As etcd: a put that creates the key carries no prev_kv in its event.
-        let event_prev = if kv.create_revision == kv.mod_revision { None } else { self.event_prev(&p.key, prev.as_ref())? };
+        let event_prev = if kv.create_revision == kv.mod_revision {
+            None
+        } else {
+            self.event_prev(&p.key, prev.as_ref())?
+        };
         let prev_kv = if p.prev_kv { prev } else { None };
-        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: event_prev });
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv.clone()),
+            prev_kv: event_prev,
+        });
         self.overlay.insert(p.key.clone(), Some(kv));
-        Ok(PutResponse { header: Some(header(self.rev)), prev_kv })
+        Ok(PutResponse {
+            header: Some(header(self.rev)),
+            prev_kv,
+        })
     }
 
     fn delete_range(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
@@ -297,21 +378,37 @@ impl<'a> Change<'a> {
 
     fn delete_live(&mut self, prev: KeyValue) -> Result<()> {
         if prev.lease != 0 {
-            self.batch.delete_cf(cf(self.db, CF_LEASE), backend::lease_attachment(prev.lease, &prev.key));
+            self.batch.delete_cf(
+                cf(self.db, CF_LEASE),
+                backend::lease_attachment(prev.lease, &prev.key),
+            );
         }
-        let tomb = KeyValue { key: prev.key.clone(), mod_revision: self.rev, ..Default::default() };
+        let tomb = KeyValue {
+            key: prev.key.clone(),
+            mod_revision: self.rev,
+            ..Default::default()
+        };
         self.write_version(&tomb, true);
         let event_prev = self.event_prev(&prev.key, Some(&prev))?;
         self.overlay.insert(prev.key.clone(), None);
-        self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: event_prev });
+        self.events.push(Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(tomb),
+            prev_kv: event_prev,
+        });
         Ok(())
     }
 
     fn write_version(&mut self, kv: &KeyValue, tombstone: bool) {
         let rev = Revision::new(self.rev, self.sub);
         self.sub += 1;
-        self.batch.put_cf(cf(self.db, CF_KEY), mvcc::version_key(&kv.key, rev), mvcc::encode_version(kv, tombstone));
-        self.batch.put_cf(cf(self.db, CF_REV), rev.encode(), &kv.key);
+        self.batch.put_cf(
+            cf(self.db, CF_KEY),
+            mvcc::version_key(&kv.key, rev),
+            mvcc::encode_version(kv, tombstone),
+        );
+        self.batch
+            .put_cf(cf(self.db, CF_REV), rev.encode(), &kv.key);
     }
 
     fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse> {
@@ -361,10 +458,16 @@ impl<'a> Change<'a> {
                 }
                 Some(request_op::Request::RequestRange(r)) if pass == Check::Ranges => {
                     if r.revision > self.base {
-                        return Err(Error::FutureRev { requested: r.revision, current: self.base });
+                        return Err(Error::FutureRev {
+                            requested: r.revision,
+                            current: self.base,
+                        });
                     }
                     if r.revision > 0 && r.revision < self.compacted {
-                        return Err(Error::Compacted { requested: r.revision, compacted: self.compacted });
+                        return Err(Error::Compacted {
+                            requested: r.revision,
+                            compacted: self.compacted,
+                        });
                     }
                 }
                 _ => {}
@@ -381,13 +484,21 @@ impl<'a> Change<'a> {
             responses.push(self.exec_op(op, path, at)?);
         }
         // Only the outermost txn's header carries a revision (the caller fills it), as etcd.
-        Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
+        Ok(TxnResponse {
+            header: Some(ResponseHeader::default()),
+            succeeded,
+            responses,
+        })
     }
 
     fn exec_op(&mut self, op: &RequestOp, path: &[bool], at: &mut usize) -> Result<ResponseOp> {
         let response = match &op.request {
-            Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(self.txn_range(r)?),
-            Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(self.put(p)?),
+            Some(request_op::Request::RequestRange(r)) => {
+                response_op::Response::ResponseRange(self.txn_range(r)?)
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                response_op::Response::ResponsePut(self.put(p)?)
+            }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 response_op::Response::ResponseDeleteRange(self.delete_range(d)?)
             }
@@ -397,7 +508,9 @@ impl<'a> Change<'a> {
             }
             None => return Ok(ResponseOp { response: None }),
         };
-        Ok(ResponseOp { response: Some(response) })
+        Ok(ResponseOp {
+            response: Some(response),
+        })
     }
 
     fn txn_range(&self, r: &RangeRequest) -> Result<etcd_proto::etcdserverpb::RangeResponse> {
@@ -417,14 +530,24 @@ struct TxnSource<'c, 'a> {
 }
 
 impl RangeSource for TxnSource<'_, '_> {
-    fn scan(&self, key: &[u8], range_end: &[u8], rev: i64, limit: usize, count_only: bool) -> Result<(mvcc::Scan, i64)> {
+    fn scan(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        rev: i64,
+        limit: usize,
+        count_only: bool,
+    ) -> Result<(mvcc::Scan, i64)> {
         let c = self.change;
         let read_rev = c.read_rev();
         let rev = if rev <= 0 { read_rev } else { rev };
         let end = RangeEnd::from_request(range_end);
         let touches_overlay = rev == read_rev && c.overlay.keys().any(|k| end.contains(key, k));
         if !touches_overlay {
-            return Ok((mvcc::scan(&mut c.iter(), key, &end, rev.min(c.base), limit, count_only)?, read_rev));
+            return Ok((
+                mvcc::scan(&mut c.iter(), key, &end, rev.min(c.base), limit, count_only)?,
+                read_rev,
+            ));
         }
         let base = mvcc::scan(&mut c.iter(), key, &end, c.base, 0, false)?.kvs;
         let mut kvs = merge_overlay(base, &c.overlay, key, &end);
@@ -447,7 +570,8 @@ fn merge_overlay(
     if overlay.is_empty() {
         return base;
     }
-    let mut merged: BTreeMap<Vec<u8>, KeyValue> = base.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+    let mut merged: BTreeMap<Vec<u8>, KeyValue> =
+        base.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
     for (k, v) in overlay.iter().filter(|(k, _)| end.contains(start, k)) {
         match v {
             Some(kv) => merged.insert(k.clone(), kv.clone()),
@@ -458,7 +582,10 @@ fn merge_overlay(
 }
 
 fn header(revision: i64) -> ResponseHeader {
-    ResponseHeader { revision, ..Default::default() }
+    ResponseHeader {
+        revision,
+        ..Default::default()
+    }
 }
 
 impl Store {

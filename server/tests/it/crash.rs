@@ -25,9 +25,17 @@ async fn acknowledged_writes_survive_kill() {
             let mut c = Client::connect(&ep).await;
             for i in 0.. {
                 let (key, value) = (format!("crash/{w}/{}", i % 50), format!("{w}-{i}"));
-                let req = PutRequest { key: key.clone().into_bytes(), value: value.clone().into_bytes(), ..Default::default() };
+                let req = PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: value.clone().into_bytes(),
+                    ..Default::default()
+                };
                 match c.kv.put(req).await {
-                    Ok(resp) => acked.lock().unwrap().push((key, value, resp.into_inner().header.unwrap().revision)),
+                    Ok(resp) => acked.lock().unwrap().push((
+                        key,
+                        value,
+                        resp.into_inner().header.unwrap().revision,
+                    )),
                     Err(_) => return,
                 }
             }
@@ -40,7 +48,11 @@ async fn acknowledged_writes_survive_kill() {
         let _ = t.await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 100, "the load made progress before the kill ({} writes)", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the load made progress before the kill ({} writes)",
+        acked.len()
+    );
 
     server.restart();
     let mut c = Client::connect(&server.endpoint()).await;
@@ -53,25 +65,64 @@ async fn acknowledged_writes_survive_kill() {
         }
     }
     for (key, (value, rev)) in &newest {
-        let resp = c.kv.range(RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() }).await.unwrap().into_inner();
-        let kv = resp.kvs.first().unwrap_or_else(|| panic!("acknowledged key {key} is missing after the crash"));
-        assert!(kv.mod_revision >= *rev, "key {key}: acknowledged revision {rev}, found {}", kv.mod_revision);
+        let resp =
+            c.kv.range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let kv = resp
+            .kvs
+            .first()
+            .unwrap_or_else(|| panic!("acknowledged key {key} is missing after the crash"));
+        assert!(
+            kv.mod_revision >= *rev,
+            "key {key}: acknowledged revision {rev}, found {}",
+            kv.mod_revision
+        );
         if kv.mod_revision == *rev {
             assert_eq!(kv.value, value.as_bytes(), "key {key} at revision {rev}");
         }
     }
     // Every acknowledged write is also readable at its own revision.
     for (key, value, rev) in acked.iter().step_by(7) {
-        let req = RangeRequest { key: key.as_bytes().to_vec(), revision: *rev, ..Default::default() };
-        let kv = c.kv.range(req).await.unwrap().into_inner().kvs.pop().expect("history kept");
-        assert_eq!((kv.mod_revision, kv.value.as_slice()), (*rev, value.as_bytes()));
+        let req = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            revision: *rev,
+            ..Default::default()
+        };
+        let kv =
+            c.kv.range(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .kvs
+                .pop()
+                .expect("history kept");
+        assert_eq!(
+            (kv.mod_revision, kv.value.as_slice()),
+            (*rev, value.as_bytes())
+        );
     }
     let max_acked = acked.iter().map(|a| a.2).max().unwrap();
     let hash = |mut c: Client| async move {
-        c.maintenance.hash_kv(HashKvRequest { revision: max_acked }).await.unwrap().into_inner().hash
+        c.maintenance
+            .hash_kv(HashKvRequest {
+                revision: max_acked,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .hash
     };
     let before = hash(c.clone()).await;
-    assert_eq!(server.terminate().code(), Some(0), "SIGTERM shuts down cleanly");
+    assert_eq!(
+        server.terminate().code(),
+        Some(0),
+        "SIGTERM shuts down cleanly"
+    );
     server.restart();
     let c = Client::connect(&server.endpoint()).await;
     assert_eq!(before, hash(c).await, "HashKV is stable across restarts");

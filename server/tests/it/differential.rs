@@ -58,7 +58,9 @@ impl Gen {
 
     fn value(&mut self) -> Vec<u8> {
         let n = self.rng.random_range(0..4);
-        (0..n).map(|_| b"xyz"[self.rng.random_range(0..3)]).collect()
+        (0..n)
+            .map(|_| b"xyz"[self.rng.random_range(0..3)])
+            .collect()
     }
 
     fn range(&mut self, rev_hint: i64) -> RangeRequest {
@@ -68,10 +70,26 @@ impl Gen {
         RangeRequest {
             key,
             range_end,
-            limit: if r.random_bool(0.3) { r.random_range(0..3) } else { 0 },
-            revision: if r.random_bool(0.3) { (rev_hint - r.random_range(-1..6)).max(0) } else { 0 },
-            sort_order: if r.random_bool(0.3) { r.random_range(0..3) } else { 0 },
-            sort_target: if r.random_bool(0.3) { r.random_range(0..5) } else { 0 },
+            limit: if r.random_bool(0.3) {
+                r.random_range(0..3)
+            } else {
+                0
+            },
+            revision: if r.random_bool(0.3) {
+                (rev_hint - r.random_range(-1..6)).max(0)
+            } else {
+                0
+            },
+            sort_order: if r.random_bool(0.3) {
+                r.random_range(0..3)
+            } else {
+                0
+            },
+            sort_target: if r.random_bool(0.3) {
+                r.random_range(0..5)
+            } else {
+                0
+            },
             serializable: r.random_bool(0.3),
             keys_only: r.random_bool(0.2),
             count_only: r.random_bool(0.1),
@@ -90,8 +108,16 @@ impl Gen {
         let ignore_lease = r.random_bool(0.05);
         PutRequest {
             key,
-            value: if ignore_value && r.random_bool(0.7) { vec![] } else { value },
-            lease: if r.random_bool(0.2) { LEASES[r.random_range(0..3)] } else { 0 },
+            value: if ignore_value && r.random_bool(0.7) {
+                vec![]
+            } else {
+                value
+            },
+            lease: if r.random_bool(0.2) {
+                LEASES[r.random_range(0..3)]
+            } else {
+                0
+            },
             prev_kv: r.random_bool(0.5),
             ignore_value,
             ignore_lease,
@@ -101,12 +127,20 @@ impl Gen {
     fn delete(&mut self) -> DeleteRangeRequest {
         let key = self.key();
         let range_end = self.end(&key);
-        DeleteRangeRequest { key, range_end, prev_kv: self.rng.random_bool(0.5) }
+        DeleteRangeRequest {
+            key,
+            range_end,
+            prev_kv: self.rng.random_bool(0.5),
+        }
     }
 
     fn compare(&mut self, rev_hint: i64) -> Compare {
         let key = self.key();
-        let range_end = if self.rng.random_bool(0.2) { self.end(&key) } else { vec![] };
+        let range_end = if self.rng.random_bool(0.2) {
+            self.end(&key)
+        } else {
+            vec![]
+        };
         let target = self.rng.random_range(0..5);
         let r = &mut self.rng;
         let target_union = Some(match target {
@@ -114,9 +148,19 @@ impl Gen {
             1 => TargetUnion::CreateRevision(rev_hint - r.random_range(0..6)),
             2 => TargetUnion::ModRevision(rev_hint - r.random_range(0..6)),
             3 => TargetUnion::Value(self.value()),
-            _ => TargetUnion::Lease(if self.rng.random_bool(0.5) { 0 } else { LEASES[0] }),
+            _ => TargetUnion::Lease(if self.rng.random_bool(0.5) {
+                0
+            } else {
+                LEASES[0]
+            }),
         });
-        Compare { result: self.rng.random_range(0..4), target, key, target_union, range_end }
+        Compare {
+            result: self.rng.random_range(0..4),
+            target,
+            key,
+            target_union,
+            range_end,
+        }
     }
 
     fn ops(&mut self, rev_hint: i64, depth: u32) -> Vec<RequestOp> {
@@ -127,10 +171,14 @@ impl Gen {
                     0..=2 => request_op::Request::RequestRange(self.range(rev_hint)),
                     3..=6 => request_op::Request::RequestPut(self.put()),
                     7 | 8 => request_op::Request::RequestDeleteRange(self.delete()),
-                    _ if depth < 2 => request_op::Request::RequestTxn(self.txn(rev_hint, depth + 1)),
+                    _ if depth < 2 => {
+                        request_op::Request::RequestTxn(self.txn(rev_hint, depth + 1))
+                    }
                     _ => request_op::Request::RequestPut(self.put()),
                 };
-                RequestOp { request: Some(request) }
+                RequestOp {
+                    request: Some(request),
+                }
             })
             .collect()
     }
@@ -138,7 +186,11 @@ impl Gen {
     fn txn(&mut self, rev_hint: i64, depth: u32) -> TxnRequest {
         let n = self.rng.random_range(0..3);
         let compare = (0..n).map(|_| self.compare(rev_hint)).collect();
-        TxnRequest { compare, success: self.ops(rev_hint, depth), failure: self.ops(rev_hint, depth) }
+        TxnRequest {
+            compare,
+            success: self.ops(rev_hint, depth),
+            failure: self.ops(rev_hint, depth),
+        }
     }
 
     fn op(&mut self, rev_hint: i64) -> Op {
@@ -191,30 +243,49 @@ async fn exec(c: &mut Client, op: &Op) -> String {
             norm_txn(&mut x);
             format!("{x:?}")
         }),
-        Op::Compact(rev) => c.kv.compact(CompactionRequest { revision: rev, physical: true }).await.map(|x| {
-            let mut x = x.into_inner();
-            norm_header(&mut x.header);
-            format!("{x:?}")
-        }),
-        Op::Grant(id) => c.lease.lease_grant(LeaseGrantRequest { ttl: 1000, id }).await.map(|x| {
-            let mut x = x.into_inner();
-            norm_header(&mut x.header);
-            format!("{x:?}")
-        }),
-        Op::Revoke(id) => c.lease.lease_revoke(LeaseRevokeRequest { id }).await.map(|x| {
-            let mut x = x.into_inner();
-            norm_header(&mut x.header);
-            format!("{x:?}")
-        }),
-        Op::TimeToLive(id) => c.lease.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true }).await.map(|x| {
-            let mut x = x.into_inner();
-            norm_header(&mut x.header);
-            // The remaining TTL depends on timing; whether the lease exists does not.
-            x.ttl = x.ttl.signum();
-            // etcd lists a lease's keys from a Go map, in no particular order.
-            x.keys.sort();
-            format!("{x:?}")
-        }),
+        Op::Compact(rev) => {
+            c.kv.compact(CompactionRequest {
+                revision: rev,
+                physical: true,
+            })
+            .await
+            .map(|x| {
+                let mut x = x.into_inner();
+                norm_header(&mut x.header);
+                format!("{x:?}")
+            })
+        }
+        Op::Grant(id) => c
+            .lease
+            .lease_grant(LeaseGrantRequest { ttl: 1000, id })
+            .await
+            .map(|x| {
+                let mut x = x.into_inner();
+                norm_header(&mut x.header);
+                format!("{x:?}")
+            }),
+        Op::Revoke(id) => c
+            .lease
+            .lease_revoke(LeaseRevokeRequest { id })
+            .await
+            .map(|x| {
+                let mut x = x.into_inner();
+                norm_header(&mut x.header);
+                format!("{x:?}")
+            }),
+        Op::TimeToLive(id) => c
+            .lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+            .await
+            .map(|x| {
+                let mut x = x.into_inner();
+                norm_header(&mut x.header);
+                // The remaining TTL depends on timing; whether the lease exists does not.
+                x.ttl = x.ttl.signum();
+                // etcd lists a lease's keys from a Go map, in no particular order.
+                x.keys.sort();
+                format!("{x:?}")
+            }),
     };
     out.unwrap_or_else(|s| format!("ERR {}", status_text(&s)))
 }
@@ -223,7 +294,17 @@ async fn exec(c: &mut Client, op: &Op) -> String {
 async fn watch_history(c: &mut Client, prefix: &str, start: i64) -> Vec<String> {
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut().unwrap() += 1;
-    let current = c.kv.range(RangeRequest { key: b"x".to_vec(), ..Default::default() }).await.unwrap().into_inner().header.unwrap().revision;
+    let current =
+        c.kv.range(RangeRequest {
+            key: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
             key: prefix.as_bytes().to_vec(),
@@ -235,13 +316,25 @@ async fn watch_history(c: &mut Client, prefix: &str, start: i64) -> Vec<String> 
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(create).await.unwrap();
-    let mut stream = c.watch.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut stream = c
+        .watch
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let msg = tokio::time::timeout_at(deadline, stream.message()).await.expect("watch answers in time").unwrap().unwrap();
+        let msg = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("watch answers in time")
+            .unwrap()
+            .unwrap();
         if msg.created || msg.canceled {
-            out.push(format!("created={} canceled={} compact_revision={}", msg.created, msg.canceled, msg.compact_revision));
+            out.push(format!(
+                "created={} canceled={} compact_revision={}",
+                msg.created, msg.canceled, msg.compact_revision
+            ));
         }
         if msg.canceled {
             break;
@@ -265,27 +358,56 @@ async fn watch_history(c: &mut Client, prefix: &str, start: i64) -> Vec<String> 
 }
 
 async fn run_sequence(a: &mut Client, b: &mut Client, seed: u64, prefix: &str, len: usize) {
-    let mut gen = Gen { rng: StdRng::seed_from_u64(seed), prefix: prefix.to_string() };
+    let mut gen = Gen {
+        rng: StdRng::seed_from_u64(seed),
+        prefix: prefix.to_string(),
+    };
     let mut rev_hint = 1;
     let mut log = Vec::new();
     for i in 0..len {
         let op = gen.op(rev_hint);
         let (ra, rb) = (exec(a, &op).await, exec(b, &op).await);
         log.push(format!("{i}: {op:?}\n   etcd:  {ra}\n   cairn: {rb}"));
-        assert_eq!(ra, rb, "seed {seed} diverged at op {i}; rerun with CAIRN_DIFF_SEED={seed}\n{}", log.join("\n"));
-        let current = a.kv.range(RangeRequest { key: b"x".to_vec(), ..Default::default() }).await.unwrap().into_inner();
+        assert_eq!(
+            ra,
+            rb,
+            "seed {seed} diverged at op {i}; rerun with CAIRN_DIFF_SEED={seed}\n{}",
+            log.join("\n")
+        );
+        let current =
+            a.kv.range(RangeRequest {
+                key: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
         rev_hint = current.header.unwrap().revision;
     }
     let compacted = |c: &mut Client| {
         let mut c = c.clone();
-        async move { c.maintenance.hash_kv(HashKvRequest { revision: 0 }).await.unwrap().into_inner().compact_revision }
+        async move {
+            c.maintenance
+                .hash_kv(HashKvRequest { revision: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+                .compact_revision
+        }
     };
     let (ca, cb) = (compacted(a).await, compacted(b).await);
     assert_eq!(ca, cb, "seed {seed}: compacted revisions differ");
     for start in [ca.max(1), ca + 1, rev_hint] {
-        let (wa, wb) = (watch_history(a, prefix, start).await, watch_history(b, prefix, start).await);
+        let (wa, wb) = (
+            watch_history(a, prefix, start).await,
+            watch_history(b, prefix, start).await,
+        );
         if wa != wb {
-            let first = wa.iter().zip(&wb).position(|(x, y)| x != y).unwrap_or(wa.len().min(wb.len()));
+            let first = wa
+                .iter()
+                .zip(&wb)
+                .position(|(x, y)| x != y)
+                .unwrap_or(wa.len().min(wb.len()));
             panic!(
                 "seed {seed}: watch history from {start} differs at item {first}; rerun with CAIRN_DIFF_SEED={seed}\n etcd:  {:?}\n cairn: {:?}\n{}",
                 wa.get(first), wb.get(first), log.join("\n")
@@ -303,7 +425,10 @@ async fn random_sequences_match_etcd() {
     let seeds: Vec<u64> = match std::env::var("CAIRN_DIFF_SEED") {
         Ok(s) => vec![s.parse().expect("a number")],
         Err(_) => {
-            let n = std::env::var("CAIRN_DIFF_SEQUENCES").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+            let n = std::env::var("CAIRN_DIFF_SEQUENCES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(12);
             (0..n).map(|i| 0xC0FFEE + i).collect()
         }
     };

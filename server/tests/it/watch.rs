@@ -23,9 +23,17 @@ struct Stream {
 impl Stream {
     /// Opens a stream whose first request is `first` (grpc-go answers a stream's headers only
     /// with its first response, so a request must be queued before the open is awaited).
-    async fn open(c: &mut Client, metadata: Option<(&'static str, &'static str)>, first: RequestUnion) -> Stream {
+    async fn open(
+        c: &mut Client,
+        metadata: Option<(&'static str, &'static str)>,
+        first: RequestUnion,
+    ) -> Stream {
         let (tx, rx) = mpsc::channel(16);
-        tx.send(WatchRequest { request_union: Some(first) }).await.unwrap();
+        tx.send(WatchRequest {
+            request_union: Some(first),
+        })
+        .await
+        .unwrap();
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
         if let Some((k, v)) = metadata {
             req.metadata_mut().insert(k, v.parse().unwrap());
@@ -35,7 +43,12 @@ impl Stream {
     }
 
     async fn send(&self, r: RequestUnion) {
-        self.tx.send(WatchRequest { request_union: Some(r) }).await.unwrap();
+        self.tx
+            .send(WatchRequest {
+                request_union: Some(r),
+            })
+            .await
+            .unwrap();
     }
 
     /// Responses until the stream is quiet for `quiet`, rendered without IDs and terms.
@@ -50,11 +63,22 @@ impl Stream {
 }
 
 fn create(key: &str, end: &str, start: i64) -> WatchCreateRequest {
-    WatchCreateRequest { key: key.into(), range_end: end.into(), start_revision: start, ..Default::default() }
+    WatchCreateRequest {
+        key: key.into(),
+        range_end: end.into(),
+        start_revision: start,
+        ..Default::default()
+    }
 }
 
 async fn put(c: &mut Client, k: &str, v: &str) {
-    c.kv.put(PutRequest { key: k.into(), value: v.into(), ..Default::default() }).await.unwrap();
+    c.kv.put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 }
 
 /// Runs `scenario` against etcd and cairn and compares what each stream received.
@@ -73,12 +97,26 @@ where
 
 /// Groups rendered responses by watch ID, keeping each watcher's order.
 fn per_watcher(responses: Vec<String>) -> Vec<String> {
-    let id = |r: &String| r.split("watch_id: ").nth(1).and_then(|t| t.split([',', ' ']).next()).unwrap_or("").to_string();
+    let id = |r: &String| {
+        r.split("watch_id: ")
+            .nth(1)
+            .and_then(|t| t.split([',', ' ']).next())
+            .unwrap_or("")
+            .to_string()
+    };
     let mut ids: Vec<String> = responses.iter().map(id).collect();
     ids.dedup();
     let mut seen = std::collections::BTreeSet::new();
     ids.retain(|i| seen.insert(i.clone()));
-    ids.iter().flat_map(|i| responses.iter().filter(|r| id(r) == *i).cloned().collect::<Vec<_>>()).collect()
+    ids.iter()
+        .flat_map(|i| {
+            responses
+                .iter()
+                .filter(|r| id(r) == *i)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 const QUIET: Duration = Duration::from_millis(400);
@@ -88,18 +126,32 @@ async fn ids_duplicates_empty_ranges_and_cancel() {
     compare(&[], |mut c| async move {
         let mut with_id = create("a", "", 0);
         with_id.watch_id = 7;
-        let mut s = Stream::open(&mut c, Some(("hasleader", "true")), RequestUnion::CreateRequest(with_id.clone())).await;
+        let mut s = Stream::open(
+            &mut c,
+            Some(("hasleader", "true")),
+            RequestUnion::CreateRequest(with_id.clone()),
+        )
+        .await;
         s.send(RequestUnion::CreateRequest(with_id)).await;
-        s.send(RequestUnion::CreateRequest(create("b", "", 0))).await;
-        s.send(RequestUnion::CreateRequest(create("z", "a", 0))).await;
-        s.send(RequestUnion::CreateRequest(create("k", "\0", 0))).await;
+        s.send(RequestUnion::CreateRequest(create("b", "", 0)))
+            .await;
+        s.send(RequestUnion::CreateRequest(create("z", "a", 0)))
+            .await;
+        s.send(RequestUnion::CreateRequest(create("k", "\0", 0)))
+            .await;
         let mut out = s.drain(QUIET).await;
         put(&mut c, "a", "1").await;
         put(&mut c, "b", "2").await;
         put(&mut c, "kk", "3").await;
         out.extend(s.drain(QUIET).await);
-        s.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 7 })).await;
-        s.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id: 99 })).await;
+        s.send(RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: 7,
+        }))
+        .await;
+        s.send(RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: 99,
+        }))
+        .await;
         out.extend(s.drain(QUIET).await);
         put(&mut c, "a", "again").await;
         out.extend(s.drain(QUIET).await);
@@ -114,8 +166,18 @@ async fn history_filters_prev_kv_and_progress_requests() {
         for (k, v) in [("p/a", "1"), ("p/b", "2"), ("p/a", "3")] {
             put(&mut c, k, v).await;
         }
-        c.kv.delete_range(DeleteRangeRequest { key: "p/b".into(), ..Default::default() }).await.unwrap();
-        let mut s = Stream::open(&mut c, None, RequestUnion::ProgressRequest(WatchProgressRequest {})).await;
+        c.kv.delete_range(DeleteRangeRequest {
+            key: "p/b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut s = Stream::open(
+            &mut c,
+            None,
+            RequestUnion::ProgressRequest(WatchProgressRequest {}),
+        )
+        .await;
         let mut out = s.drain(QUIET).await;
         let mut all = create("p/", "p0", 1);
         all.prev_kv = true;
@@ -127,7 +189,8 @@ async fn history_filters_prev_kv_and_progress_requests() {
         no_delete.filters = vec![FilterType::Nodelete as i32];
         s.send(RequestUnion::CreateRequest(no_delete)).await;
         out.extend(s.drain(QUIET).await);
-        s.send(RequestUnion::ProgressRequest(WatchProgressRequest {})).await;
+        s.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+            .await;
         out.extend(s.drain(QUIET).await);
         out
     })
@@ -140,9 +203,20 @@ async fn compacted_start_is_cancelled_with_compact_revision() {
         for i in 0..6 {
             put(&mut c, "c", &i.to_string()).await;
         }
-        c.kv.compact(CompactionRequest { revision: 5, physical: true }).await.unwrap();
-        let mut s = Stream::open(&mut c, None, RequestUnion::CreateRequest(create("c", "", 2))).await;
-        s.send(RequestUnion::CreateRequest(create("c", "", 5))).await;
+        c.kv.compact(CompactionRequest {
+            revision: 5,
+            physical: true,
+        })
+        .await
+        .unwrap();
+        let mut s = Stream::open(
+            &mut c,
+            None,
+            RequestUnion::CreateRequest(create("c", "", 2)),
+        )
+        .await;
+        s.send(RequestUnion::CreateRequest(create("c", "", 5)))
+            .await;
         s.drain(QUIET).await
     })
     .await;
@@ -161,16 +235,28 @@ async fn large_revisions_are_fragmented_on_request() {
         let mut frag = create("f/", "f0", 1);
         frag.fragment = true;
         let mut s = Stream::open(&mut c, None, RequestUnion::CreateRequest(frag)).await;
-        s.send(RequestUnion::CreateRequest(create("f/", "f0", 1))).await;
+        s.send(RequestUnion::CreateRequest(create("f/", "f0", 1)))
+            .await;
         let mut out = Vec::new();
         // Summarize: which watcher, fragment flag, and the keys each response carried.
         for r in s.drain(QUIET).await {
-            let keys: Vec<&str> = r.match_indices("key: [102, 47, ").map(|(i, _)| &r[i + 15..i + 17]).collect();
+            let keys: Vec<&str> = r
+                .match_indices("key: [102, 47, ")
+                .map(|(i, _)| &r[i + 15..i + 17])
+                .collect();
             let frag = r.contains("fragment: true");
-            let id = r.split("watch_id: ").nth(1).and_then(|t| t.split(',').next()).unwrap_or("?").to_string();
+            let id = r
+                .split("watch_id: ")
+                .nth(1)
+                .and_then(|t| t.split(',').next())
+                .unwrap_or("?")
+                .to_string();
             out.push(format!("watch_id: {id} fragment={frag} keys={keys:?}"));
         }
-        assert!(out.iter().any(|r| r.contains("fragment=true")), "the catch-up must be fragmented: {out:?}");
+        assert!(
+            out.iter().any(|r| r.contains("fragment=true")),
+            "the catch-up must be fragmented: {out:?}"
+        );
         out
     })
     .await;
@@ -178,18 +264,24 @@ async fn large_revisions_are_fragmented_on_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_progress_notifications() {
-    compare(&["--experimental-watch-progress-notify-interval", "1s"], |mut c| async move {
-        put(&mut c, "n", "1").await;
-        let mut w = create("n", "", 0);
-        w.progress_notify = true;
-        let mut s = Stream::open(&mut c, None, RequestUnion::CreateRequest(w)).await;
-        let mut out = s.drain(QUIET).await;
-        // No events: within a few intervals the watcher hears about progress.
-        tokio::time::sleep(Duration::from_millis(2600)).await;
-        let notes = s.drain(QUIET).await;
-        out.push(format!("progress notifications arrived: {}", !notes.is_empty()));
-        out.extend(notes.into_iter().take(1));
-        out
-    })
+    compare(
+        &["--experimental-watch-progress-notify-interval", "1s"],
+        |mut c| async move {
+            put(&mut c, "n", "1").await;
+            let mut w = create("n", "", 0);
+            w.progress_notify = true;
+            let mut s = Stream::open(&mut c, None, RequestUnion::CreateRequest(w)).await;
+            let mut out = s.drain(QUIET).await;
+            // No events: within a few intervals the watcher hears about progress.
+            tokio::time::sleep(Duration::from_millis(2600)).await;
+            let notes = s.drain(QUIET).await;
+            out.push(format!(
+                "progress notifications arrived: {}",
+                !notes.is_empty()
+            ));
+            out.extend(notes.into_iter().take(1));
+            out
+        },
+    )
     .await;
 }

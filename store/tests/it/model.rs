@@ -21,11 +21,19 @@ pub enum ModelError {
 
 impl Model {
     pub fn new() -> Self {
-        Model { rev: 1, ..Default::default() }
+        Model {
+            rev: 1,
+            ..Default::default()
+        }
     }
 
     pub fn live_at(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
-        self.history.get(key)?.iter().rev().find(|(r, _)| *r <= rev).and_then(|(_, kv)| kv.clone())
+        self.history
+            .get(key)?
+            .iter()
+            .rev()
+            .find(|(r, _)| *r <= rev)
+            .and_then(|(_, kv)| kv.clone())
     }
 
     fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
@@ -68,7 +76,10 @@ impl Model {
                         value: v.clone(),
                         lease: 0,
                     };
-                    self.history.entry(key.clone()).or_default().push((next, Some(kv)));
+                    self.history
+                        .entry(key.clone())
+                        .or_default()
+                        .push((next, Some(kv)));
                     changed = true;
                 }
                 None => {

@@ -15,9 +15,19 @@ enum Op {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>, Vec<u8>),
     /// if version(key) == v then put(a) else delete(b)
-    Txn { key: Vec<u8>, version: i64, put: (Vec<u8>, Vec<u8>), del: Vec<u8> },
+    Txn {
+        key: Vec<u8>,
+        version: i64,
+        put: (Vec<u8>, Vec<u8>),
+        del: Vec<u8>,
+    },
     Compact(i64),
-    Range { key: Vec<u8>, end: Vec<u8>, back: i64, limit: i64 },
+    Range {
+        key: Vec<u8>,
+        end: Vec<u8>,
+        back: i64,
+        limit: i64,
+    },
     PhysicalCompact,
 }
 
@@ -34,7 +44,13 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn end() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![Just(vec![]), Just(vec![0u8]), Just(b"b".to_vec()), Just(b"c".to_vec()), Just(b"a\x01".to_vec())]
+    prop_oneof![
+        Just(vec![]),
+        Just(vec![0u8]),
+        Just(b"b".to_vec()),
+        Just(b"c".to_vec()),
+        Just(b"a\x01".to_vec())
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -68,19 +84,40 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::Put(k, v) => {
-                let applied = apply(&mut writer, WriteRequest::Put(PutRequest { key: k.clone(), value: v.clone(), ..Default::default() })).unwrap();
+                let applied = apply(
+                    &mut writer,
+                    WriteRequest::Put(PutRequest {
+                        key: k.clone(),
+                        value: v.clone(),
+                        ..Default::default()
+                    }),
+                )
+                .unwrap();
                 prop_assert_eq!(applied.revision, model.write(&[(k, Some(v), None)]));
             }
             Op::Delete(k, e) => {
                 let expected_deleted = model.range(&k, &e, 0).unwrap().len() as i64;
-                let applied = apply(&mut writer, WriteRequest::DeleteRange(DeleteRangeRequest { key: k.clone(), range_end: e.clone(), prev_kv: false })).unwrap();
+                let applied = apply(
+                    &mut writer,
+                    WriteRequest::DeleteRange(DeleteRangeRequest {
+                        key: k.clone(),
+                        range_end: e.clone(),
+                        prev_kv: false,
+                    }),
+                )
+                .unwrap();
                 prop_assert_eq!(applied.revision, model.write(&[(k, None, Some(e))]));
                 match applied.response {
                     WriteResponse::DeleteRange(d) => prop_assert_eq!(d.deleted, expected_deleted),
                     other => prop_assert!(false, "unexpected {:?}", other),
                 }
             }
-            Op::Txn { key, version, put, del } => {
+            Op::Txn {
+                key,
+                version,
+                put,
+                del,
+            } => {
                 let holds = model.live_at(&key, model.rev).map_or(0, |kv| kv.version) == version;
                 let compare = Compare {
                     result: CompareResult::Equal as i32,
@@ -89,10 +126,35 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     target_union: Some(TargetUnion::Version(version)),
                     range_end: vec![],
                 };
-                let success = vec![RequestOp { request: Some(request_op::Request::RequestPut(PutRequest { key: put.0.clone(), value: put.1.clone(), ..Default::default() })) }];
-                let failure = vec![RequestOp { request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest { key: del.clone(), ..Default::default() })) }];
-                let applied = apply(&mut writer, WriteRequest::Txn(TxnRequest { compare: vec![compare], success, failure })).unwrap();
-                let expected = if holds { model.write(&[(put.0, Some(put.1), None)]) } else { model.write(&[(del, None, None)]) };
+                let success = vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: put.0.clone(),
+                        value: put.1.clone(),
+                        ..Default::default()
+                    })),
+                }];
+                let failure = vec![RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(
+                        DeleteRangeRequest {
+                            key: del.clone(),
+                            ..Default::default()
+                        },
+                    )),
+                }];
+                let applied = apply(
+                    &mut writer,
+                    WriteRequest::Txn(TxnRequest {
+                        compare: vec![compare],
+                        success,
+                        failure,
+                    }),
+                )
+                .unwrap();
+                let expected = if holds {
+                    model.write(&[(put.0, Some(put.1), None)])
+                } else {
+                    model.write(&[(del, None, None)])
+                };
                 prop_assert_eq!(applied.revision, expected);
                 match applied.response {
                     WriteResponse::Txn(t) => prop_assert_eq!(t.succeeded, holds),
@@ -101,21 +163,38 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Compact(back) => {
                 let target = model.rev - back;
-                let got = apply(&mut writer, WriteRequest::Compact { revision: target }).map(|_| ()).map_err(to_model_err);
+                let got = apply(&mut writer, WriteRequest::Compact { revision: target })
+                    .map(|_| ())
+                    .map_err(to_model_err);
                 prop_assert_eq!(got, model.compact(target));
             }
             Op::PhysicalCompact => {
                 store.compact_physical(store.compacted_revision()).unwrap();
             }
-            Op::Range { key, end, back, limit } => {
+            Op::Range {
+                key,
+                end,
+                back,
+                limit,
+            } => {
                 let rev = if back == 0 { 0 } else { model.rev - back + 1 };
-                let req = RangeRequest { key: key.clone(), range_end: end.clone(), revision: rev, limit, ..Default::default() };
+                let req = RangeRequest {
+                    key: key.clone(),
+                    range_end: end.clone(),
+                    revision: rev,
+                    limit,
+                    ..Default::default()
+                };
                 let got = range::execute(&store, &req).map_err(to_model_err);
                 let want = model.range(&key, &end, rev);
                 match (got, want) {
                     (Ok(resp), Ok(all)) => {
                         prop_assert_eq!(resp.count, all.len() as i64);
-                        let shown = if limit > 0 { all.len().min(limit as usize) } else { all.len() };
+                        let shown = if limit > 0 {
+                            all.len().min(limit as usize)
+                        } else {
+                            all.len()
+                        };
                         prop_assert_eq!(&resp.kvs[..], &all[..shown]);
                         prop_assert_eq!(resp.more, shown < all.len());
                         prop_assert_eq!(resp.header.unwrap().revision, model.rev);
@@ -128,7 +207,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     // History read back as events agrees with the model's versions above the compaction.
     let from = model.compacted.max(1) + 1;
-    let hist = store.history(from, model.rev, usize::MAX, |_| true).unwrap();
+    let hist = store
+        .history(from, model.rev, usize::MAX, |_| true)
+        .unwrap();
     let mut want = Vec::new();
     for (k, versions) in &model.history {
         for (r, kv) in versions {
@@ -143,7 +224,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .iter()
         .map(|e| {
             let kv = e.kv.clone().unwrap();
-            let live = if e.r#type == 0 { Some(kv.clone()) } else { None };
+            let live = if e.r#type == 0 {
+                Some(kv.clone())
+            } else {
+                None
+            };
             (kv.mod_revision, kv.key, live)
         })
         .collect();
@@ -166,15 +251,31 @@ fn hash_kv_ignores_physical_compaction_progress() {
     let (store, mut writer) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
     for i in 0..20 {
         let key = format!("k{}", i % 5).into_bytes();
-        writer.apply(&WriteRequest::Put(PutRequest { key, value: vec![i as u8], ..Default::default() })).unwrap();
+        writer
+            .apply(&WriteRequest::Put(PutRequest {
+                key,
+                value: vec![i as u8],
+                ..Default::default()
+            }))
+            .unwrap();
     }
-    writer.apply(&WriteRequest::DeleteRange(DeleteRangeRequest { key: b"k1".to_vec(), ..Default::default() })).unwrap();
+    writer
+        .apply(&WriteRequest::DeleteRange(DeleteRangeRequest {
+            key: b"k1".to_vec(),
+            ..Default::default()
+        }))
+        .unwrap();
     writer.publish();
     let before = store.hash_kv(0).unwrap();
-    writer.apply(&WriteRequest::Compact { revision: 15 }).unwrap();
+    writer
+        .apply(&WriteRequest::Compact { revision: 15 })
+        .unwrap();
     writer.publish();
     let logical = store.hash_kv(0).unwrap();
-    assert_ne!(before.0, logical.0, "compaction drops history from the hash");
+    assert_ne!(
+        before.0, logical.0,
+        "compaction drops history from the hash"
+    );
     let removed = store.compact_physical(15).unwrap();
     assert!(removed > 0);
     let physical = store.hash_kv(0).unwrap();

@@ -8,13 +8,31 @@ fn state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (_, mut writer) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
-        writer.apply(&WriteRequest::LeaseGrant { id: 7, ttl_secs: 30 }).unwrap();
+        writer
+            .apply(&WriteRequest::LeaseGrant {
+                id: 7,
+                ttl_secs: 30,
+            })
+            .unwrap();
         for i in 0..10 {
-            let put = PutRequest { key: format!("k{i}").into_bytes(), value: b"v".to_vec(), lease: if i == 3 { 7 } else { 0 }, ..Default::default() };
+            let put = PutRequest {
+                key: format!("k{i}").into_bytes(),
+                value: b"v".to_vec(),
+                lease: if i == 3 { 7 } else { 0 },
+                ..Default::default()
+            };
             writer.apply(&WriteRequest::Put(put)).unwrap();
         }
-        writer.apply(&WriteRequest::Compact { revision: 5 }).unwrap();
-        writer.apply(&WriteRequest::Alarm { activate: true, member_id: 9, alarm: 1 }).unwrap();
+        writer
+            .apply(&WriteRequest::Compact { revision: 5 })
+            .unwrap();
+        writer
+            .apply(&WriteRequest::Alarm {
+                activate: true,
+                member_id: 9,
+                alarm: 1,
+            })
+            .unwrap();
         writer.sync().unwrap();
         writer.publish();
     }
@@ -33,18 +51,42 @@ fn state_survives_reopen() {
 fn lease_revoke_deletes_attached_keys_in_one_revision() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut writer) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
-    writer.apply(&WriteRequest::LeaseGrant { id: 1, ttl_secs: 10 }).unwrap();
+    writer
+        .apply(&WriteRequest::LeaseGrant {
+            id: 1,
+            ttl_secs: 10,
+        })
+        .unwrap();
     for k in ["x", "y", "z"] {
-        let put = PutRequest { key: k.into(), value: b"v".to_vec(), lease: if k == "y" { 0 } else { 1 }, ..Default::default() };
+        let put = PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease: if k == "y" { 0 } else { 1 },
+            ..Default::default()
+        };
         writer.apply(&WriteRequest::Put(put)).unwrap();
     }
     let applied = writer.apply(&WriteRequest::LeaseRevoke { id: 1 }).unwrap();
     writer.publish();
     assert_eq!(applied.revision, 5);
-    let deleted: Vec<_> = applied.events.iter().map(|e| (e.r#type, e.kv.as_ref().unwrap().key.clone())).collect();
+    let deleted: Vec<_> = applied
+        .events
+        .iter()
+        .map(|e| (e.r#type, e.kv.as_ref().unwrap().key.clone()))
+        .collect();
     assert_eq!(deleted, vec![(1, b"x".to_vec()), (1, b"z".to_vec())]);
     assert_eq!(store.scan(b"\0", b"\0", 0, 0, false).unwrap().0.count, 1);
-    assert!(matches!(writer.apply(&WriteRequest::LeaseRevoke { id: 1 }), Err(store::Error::LeaseNotFound(1))));
-    let put = PutRequest { key: b"q".to_vec(), lease: 1, ..Default::default() };
-    assert!(matches!(writer.apply(&WriteRequest::Put(put)), Err(store::Error::LeaseNotFound(1))));
+    assert!(matches!(
+        writer.apply(&WriteRequest::LeaseRevoke { id: 1 }),
+        Err(store::Error::LeaseNotFound(1))
+    ));
+    let put = PutRequest {
+        key: b"q".to_vec(),
+        lease: 1,
+        ..Default::default()
+    };
+    assert!(matches!(
+        writer.apply(&WriteRequest::Put(put)),
+        Err(store::Error::LeaseNotFound(1))
+    ));
 }
