@@ -21,6 +21,10 @@ impl Store {
     /// Physically removes history made unreachable by a compaction at `rev`. Safe to rerun;
     /// records the finished revision when done. Returns the number of versions removed.
     pub fn compact_physical(&self, rev: i64) -> Result<u64> {
+        if rev < 0 {
+            // Never compacted: nothing is unreachable (and negative revisions do not encode).
+            return Ok(0);
+        }
         let db = &self.inner.db;
         let cf_key = db.cf_handle(CF_KEY).expect("cf");
         let cf_rev = db.cf_handle(CF_REV).expect("cf");

@@ -21,8 +21,10 @@ pub enum ModelError {
 
 impl Model {
     pub fn new() -> Self {
+        // etcd's empty store: revision 1, never compacted (-1).
         Model {
             rev: 1,
+            compacted: -1,
             ..Default::default()
         }
     }
