@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 setup_test
 ROUNDS="${ROUNDS:-3}"
-cargo build --release --locked -p server --bin cairn -p etcd-proto --example quickload
+# The same build as ./run.sh's, then the load generator (which does not link RocksDB).
+cargo build --release --locked -p server --bin cairn
+cargo build --release --locked -p etcd-proto --example quickload
 target="${CARGO_TARGET_DIR:-target}/release"
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
