@@ -16,7 +16,9 @@ const KEY_SPACE: usize = 10_000;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 6 {
-        eprintln!("usage: quickload <endpoint> <put|range> <clients> <conns> <total> [value-bytes]");
+        eprintln!(
+            "usage: quickload <endpoint> <put|range> <clients> <conns> <total> [value-bytes]"
+        );
         std::process::exit(2);
     }
     let (endpoint, op) = (args[1].clone(), args[2].clone());
@@ -26,13 +28,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let value_bytes: usize = args.get(6).map(|v| v.parse()).transpose()?.unwrap_or(256);
     let mut channels = Vec::new();
     for _ in 0..conns {
-        channels.push(Channel::from_shared(format!("http://{endpoint}"))?.connect().await?);
+        channels.push(
+            Channel::from_shared(format!("http://{endpoint}"))?
+                .connect()
+                .await?,
+        );
     }
     if op == "range" {
         // Preload the keys that ranges read.
         let mut kv = KvClient::new(channels[0].clone());
         for i in 0..KEY_SPACE {
-            kv.put(PutRequest { key: key(i), value: vec![b'v'; value_bytes], ..Default::default() }).await?;
+            kv.put(PutRequest {
+                key: key(i),
+                value: vec![b'v'; value_bytes],
+                ..Default::default()
+            })
+            .await?;
         }
     }
     let per_client = total / clients;
@@ -47,9 +58,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let k = key((c * 7919 + i * 104_729) % KEY_SPACE);
                 let t = Instant::now();
                 let ok = if op == "put" {
-                    kv.put(PutRequest { key: k, value: vec![b'v'; value_bytes], ..Default::default() }).await.is_ok()
+                    kv.put(PutRequest {
+                        key: k,
+                        value: vec![b'v'; value_bytes],
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
                 } else {
-                    kv.range(RangeRequest { key: k, ..Default::default() }).await.is_ok()
+                    kv.range(RangeRequest {
+                        key: k,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
                 };
                 assert!(ok, "request failed");
                 lat.push(t.elapsed());
@@ -63,7 +85,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let elapsed = started.elapsed();
     all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    let pct =
+        |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
     println!(
         "op={op} clients={clients} conns={conns} total={} ops_per_sec={:.0} p50_ms={:.3} p99_ms={:.3}",
         all.len(),

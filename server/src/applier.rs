@@ -72,6 +72,7 @@ impl Applier {
             cfg,
             compactor,
             nospace: nospace.clone(),
+            quota_checked: Instant::now(),
         };
         let handle = std::thread::Builder::new()
             .name("cairn-apply".into())
@@ -136,7 +137,12 @@ struct Pipeline {
     cfg: ApplierConfig,
     compactor: mpsc::UnboundedSender<i64>,
     nospace: Arc<AtomicBool>,
+    /// When the backend size was last compared with the quota.
+    quota_checked: Instant,
 }
+
+/// How often the backend size is compared with the quota (a directory listing).
+const QUOTA_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Pipeline {
     /// Runs until every sender is dropped.
@@ -231,9 +237,12 @@ impl Pipeline {
 
     /// Raises NOSPACE once the backend outgrows its quota, as etcd does.
     fn check_quota(&mut self) {
-        if self.nospace.load(Ordering::Acquire) {
+        if self.nospace.load(Ordering::Acquire)
+            || self.quota_checked.elapsed() < QUOTA_CHECK_INTERVAL
+        {
             return;
         }
+        self.quota_checked = Instant::now();
         let size = self.writer.store().size_on_disk();
         if size <= self.cfg.quota_backend_bytes {
             return;

@@ -3,15 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use etcd_proto::etcdserverpb::RangeRequest;
 
+use etcd_proto::etcdserverpb::AlarmType;
+
 use crate::config::CLUSTER_VERSION;
-use crate::maintenance::alarm_text;
 use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -22,11 +23,23 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Healthy when no alarm is raised and a linearizable read succeeds, as etcd checks.
-async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
+/// Healthy when no alarm is raised (except those named by `?exclude=NOSPACE`) and a
+/// linearizable read succeeds, as etcd checks.
+async fn health(State(node): State<Arc<Node>>, RawQuery(query): RawQuery) -> impl IntoResponse {
+    let query = query.unwrap_or_default();
+    let excluded: Vec<&str> = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("exclude="))
+        .collect();
     let alarms = node.store.alarms().unwrap_or_default();
-    let (ok, reason) = if let Some(&(m, a)) = alarms.first() {
-        (false, format!("ALARM {}", alarm_text(m, a).trim()))
+    let raised = alarms.iter().find_map(|&(_, a)| {
+        let name = AlarmType::try_from(a)
+            .map(|t| t.as_str_name())
+            .unwrap_or("UNKNOWN");
+        (!excluded.contains(&name)).then_some(name)
+    });
+    let (ok, reason) = if let Some(name) = raised {
+        (false, format!("ALARM {name}"))
     } else {
         let probe = RangeRequest {
             key: b"health".to_vec(),

@@ -235,41 +235,44 @@ impl Store {
         Ok(crate::writer::decode_alarms(raw.as_deref()))
     }
 
-    /// Bytes the database occupies on disk (SST files plus live WAL, roughly etcd's dbSize).
+    /// Bytes the database occupies on disk: the files in its directory, except RocksDB's
+    /// informational LOG files (etcd's dbSize is the size of its database file).
     pub fn size_on_disk(&self) -> u64 {
-        let db = &self.inner.db;
-        let mut total = 0;
-        for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
-            let h = db.cf_handle(cf).expect("cf");
-            for prop in [
-                "rocksdb.total-sst-files-size",
-                "rocksdb.size-all-mem-tables",
-            ] {
-                total += db
-                    .property_int_value_cf(h, prop)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-            }
-        }
-        total
+        self.files()
+            .filter(|(name, _)| !name.starts_with("LOG"))
+            .map(|(_, len)| len)
+            .sum()
     }
 
-    /// Bytes of live data (etcd's dbSizeInUse): SST files still referenced by the current version.
+    /// Bytes of live data (etcd's dbSizeInUse): SST files still referenced plus the WAL.
     pub fn size_in_use(&self) -> u64 {
         let db = &self.inner.db;
-        let mut total = 0;
-        for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
-            let h = db.cf_handle(cf).expect("cf");
-            for prop in ["rocksdb.live-sst-files-size", "rocksdb.size-all-mem-tables"] {
-                total += db
-                    .property_int_value_cf(h, prop)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-            }
-        }
-        total
+        let sst: u64 = [CF_KEY, CF_REV, CF_LEASE, CF_META]
+            .iter()
+            .map(|cf| {
+                db.property_int_value_cf(
+                    db.cf_handle(cf).expect("cf"),
+                    "rocksdb.live-sst-files-size",
+                )
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+            })
+            .sum();
+        let wal: u64 = self
+            .files()
+            .filter(|(name, _)| name.ends_with(".log"))
+            .map(|(_, len)| len)
+            .sum();
+        (sst + wal).min(self.size_on_disk())
+    }
+
+    fn files(&self) -> impl Iterator<Item = (String, u64)> {
+        std::fs::read_dir(&self.inner.path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.len())))
     }
 
     /// Rewrites every column family to drop deleted data (etcd's defragment).

@@ -6,6 +6,8 @@ mod client;
 mod crash;
 mod differential;
 mod etcdctl;
+mod flags;
 mod grpc;
 mod harness;
+mod quota;
 mod watch;
