@@ -13,7 +13,8 @@
 //! - [`range`]: etcd's Range semantics (filters, sort, limit, count) over any source.
 //! - [`compare`]: txn compares.
 //! - [`request`]: the write requests and their results.
-//! - [`writer`]: [`Writer`], the single write path: puts, deletes, txns, leases, alarms.
+//! - [`writer`]: [`Writer`], the single write path: one batch per request, sync, publish.
+//! - `change`: one request's changes — puts, deletes, txns (with their overlay), events.
 //! - [`compact`]: physical compaction beside the writer.
 //! - [`history`]: history as watch events, for watchers catching up.
 //! - [`hash`]: HashKV and Hash, for comparing replicas.
@@ -21,6 +22,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod backend;
+mod change;
 pub mod compact;
 pub mod compare;
 pub mod error;
