@@ -5,5 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup.sh
 setup_test
-# Tests start real servers; two test threads fit this project's 2-core machines.
-exec cargo test --workspace --locked -- --test-threads="${CAIRN_TEST_THREADS:-2}" "$@"
+# Tests start real servers; two test threads fit this project's 2-core machines. (An
+# environment variable, not --test-threads: the criterion benches, smoke-run here once each,
+# do not take libtest's flags.)
+export RUST_TEST_THREADS="${CAIRN_TEST_THREADS:-2}"
+exec cargo test --workspace --all-targets --locked "$@"
