@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use etcd_proto::etcdserverpb::{
-    request_op, response_op, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    request_op, response_op, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use etcd_proto::mvccpb::{event::EventType, Event, KeyValue};
 use rocksdb::{WriteBatch, DB};
@@ -392,15 +392,6 @@ impl Store {
     /// Keys attached to lease `id` including writes not yet published (writer only).
     pub(crate) fn lease_keys_latest(&self, id: i64) -> Result<Vec<Vec<u8>>> {
         let db = &self.inner.db;
-        let prefix = backend::lease_keys_prefix(id);
-        let mut iter = db.raw_iterator_cf(cf(db, CF_LEASE));
-        iter.seek(prefix);
-        let mut out = Vec::new();
-        while iter.valid() && iter.key().expect("valid").starts_with(&prefix) {
-            out.push(iter.key().expect("valid")[prefix.len()..].to_vec());
-            iter.next();
-        }
-        iter.status()?;
-        Ok(out)
+        crate::store::collect_lease_keys(&mut db.raw_iterator_cf(cf(db, CF_LEASE)), id)
     }
 }

@@ -216,16 +216,7 @@ impl Store {
     /// Keys attached to lease `id`, in key order.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
         let view = self.view();
-        let prefix = backend::lease_keys_prefix(id);
-        let mut iter = view.iter(CF_LEASE, None);
-        iter.seek(prefix);
-        let mut out = Vec::new();
-        while iter.valid() && iter.key().expect("valid").starts_with(&prefix) {
-            out.push(iter.key().expect("valid")[prefix.len()..].to_vec());
-            iter.next();
-        }
-        iter.status()?;
-        Ok(out)
+        collect_lease_keys(&mut view.iter(CF_LEASE, None), id)
     }
 
     /// Active alarms as (member ID, alarm type) pairs.
@@ -299,4 +290,20 @@ impl Store {
         cp.create_checkpoint(dir)?;
         Ok(())
     }
+}
+
+/// Lists the keys attached to lease `id` with an iterator over the `lease` family.
+pub(crate) fn collect_lease_keys(
+    iter: &mut rocksdb::DBRawIterator<'_>,
+    id: i64,
+) -> Result<Vec<Vec<u8>>> {
+    let prefix = backend::lease_keys_prefix(id);
+    iter.seek(prefix);
+    let mut out = Vec::new();
+    while iter.valid() && iter.key().expect("valid").starts_with(&prefix) {
+        out.push(iter.key().expect("valid")[prefix.len()..].to_vec());
+        iter.next();
+    }
+    iter.status()?;
+    Ok(out)
 }

@@ -263,27 +263,20 @@ fn snapshot_save_and_restore_round_trip() {
     );
     assert_eq!(std::fs::metadata(&file).unwrap().len() % 512, 32);
     let restored = dir.path().join("restored.etcd");
-    let status = Command::new(crate::harness::cairn_bin())
-        .args([
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            restored.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let again = Command::new(crate::harness::cairn_bin())
-        .args([
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            restored.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let restore = || {
+        Command::new(crate::harness::cairn_bin())
+            .args([
+                "snapshot",
+                "restore",
+                file.to_str().unwrap(),
+                "--data-dir",
+                restored.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(restore().status.success());
+    let again = restore();
     assert!(
         !again.status.success(),
         "restoring over an existing data dir must fail"
