@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::errors::{self, EtcdError};
+use crate::lessor::Lessor;
 use crate::metrics::Metrics;
 use crate::watch_hub::{EventBatch, WatchHub};
 
@@ -57,6 +58,7 @@ impl Applier {
         metrics: Arc<Metrics>,
         cfg: ApplierConfig,
         compactor: mpsc::UnboundedSender<i64>,
+        lessor: Arc<Lessor>,
     ) -> std::io::Result<(Applier, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let store = writer.store().clone();
@@ -71,6 +73,7 @@ impl Applier {
             metrics,
             cfg,
             compactor,
+            lessor,
             nospace: nospace.clone(),
             quota_checked: Instant::now(),
         };
@@ -136,6 +139,8 @@ struct Pipeline {
     metrics: Arc<Metrics>,
     cfg: ApplierConfig,
     compactor: mpsc::UnboundedSender<i64>,
+    /// Lease deadlines, updated here so grants and revocations reach it in apply order.
+    lessor: Arc<Lessor>,
     nospace: Arc<AtomicBool>,
     /// When the backend size was last compared with the quota.
     quota_checked: Instant,
@@ -165,6 +170,9 @@ impl Pipeline {
         let mut replies = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         let mut checkpoints = Vec::new();
+        // Side effects that must wait until the batch is durable and visible.
+        let mut compactions = Vec::new();
+        let mut lease_changes: Vec<(i64, Option<i64>)> = Vec::new();
         for cmd in batch.drain(..) {
             match cmd {
                 Command::Propose { req, reply } => {
@@ -177,9 +185,11 @@ impl Pipeline {
                         Ok(applied) => {
                             events.extend(applied.events.iter().cloned());
                             match req {
-                                WriteRequest::Compact { revision } => {
-                                    let _ = self.compactor.send(revision);
+                                WriteRequest::Compact { revision } => compactions.push(revision),
+                                WriteRequest::LeaseGrant { id, ttl_secs } => {
+                                    lease_changes.push((id, Some(ttl_secs)))
                                 }
+                                WriteRequest::LeaseRevoke { id } => lease_changes.push((id, None)),
                                 WriteRequest::Alarm {
                                     activate, alarm, ..
                                 } if alarm == AlarmType::Nospace as i32 => {
@@ -198,18 +208,32 @@ impl Pipeline {
         if !replies.is_empty() {
             let started = Instant::now();
             if let Err(e) = self.writer.sync() {
-                // The durability point failed: nothing in this batch may be acknowledged.
-                tracing::error!(error = %e, "fsync failed; failing the batch");
+                // The durability point failed and the batch's writes sit unsynced in RocksDB,
+                // where a later sync would make them durable after their clients were told
+                // they failed. As etcd does on a WAL fsync failure, the node stops; on restart
+                // RocksDB's recovery decides what survived, and nothing was acknowledged.
+                tracing::error!(error = %e, "fsync failed; stopping the node");
                 let status = errors::from_store(e);
                 for (reply, _) in replies {
                     let _ = reply.send(Err(Status::new(status.code(), status.message())));
                 }
-                return;
+                std::process::exit(1);
             }
             self.metrics
                 .fsync_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.writer.publish();
+            let now = tokio::time::Instant::now();
+            for (id, grant) in lease_changes {
+                match grant {
+                    Some(ttl_secs) => self.lessor.track(id, ttl_secs, now),
+                    None => self.lessor.forget(id),
+                }
+            }
+            // Physical compaction starts only once readers can see the compacted revision.
+            for revision in compactions {
+                let _ = self.compactor.send(revision);
+            }
             self.metrics
                 .proposals_committed
                 .inc_by(replies.len() as u64);

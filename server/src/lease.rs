@@ -68,7 +68,6 @@ impl Lease for LeaseService {
                 Err(e) => return Err(e),
             }
         };
-        self.node.lessor.track(id, ttl_secs, Instant::now());
         self.node
             .metrics
             .leases
@@ -91,7 +90,6 @@ impl Lease for LeaseService {
             .applier
             .propose(WriteRequest::LeaseRevoke { id })
             .await?;
-        self.node.lessor.forget(id);
         self.node
             .metrics
             .leases
@@ -121,7 +119,7 @@ impl Lease for LeaseService {
                     _ = shutdown.changed() => break,
                 };
                 // As etcd: an unknown or expired lease answers TTL 0, not an error.
-                let ttl = node.lessor.keep_alive(req.id, Instant::now()).unwrap_or(0);
+                let ttl = node.lessor.keep_alive(req.id).unwrap_or(0);
                 let resp = LeaseKeepAliveResponse {
                     header: Some(node.current_header()),
                     id: req.id,
@@ -200,7 +198,7 @@ pub async fn run_expiry(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             _ = interval.tick() => {}
             _ = shutdown.changed() => return,
         }
-        for id in node.lessor.expired(Instant::now(), REVOKES_PER_CHECK_MAX) {
+        for id in node.lessor.expired(REVOKES_PER_CHECK_MAX) {
             match node.applier.propose(WriteRequest::LeaseRevoke { id }).await {
                 Ok(_) => {
                     tracing::debug!(lease = format!("{id:x}"), "lease expired and was revoked")

@@ -1,7 +1,8 @@
 //! The lessor: lease deadlines in memory, beside the lease table in the store. Deadlines are
 //! wall-clock decisions, so they live here, never in `store`; expiring a lease means proposing
-//! its revocation, which the store applies like any write. After a restart every lease gets a
-//! full TTL again, as etcd refreshes leases when a leader takes over.
+//! its revocation, which the store applies like any write. Grants and revocations reach the
+//! lessor from the apply thread, in apply order. After a restart every lease gets a full TTL
+//! again, as etcd refreshes leases when a leader takes over.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -55,9 +56,12 @@ impl Lessor {
         self.leases.lock().expect("lessor lock").remove(&id);
     }
 
-    /// Renews a lease; returns its TTL, or `None` if it is unknown or already expired.
-    pub fn keep_alive(&self, id: i64, now: Instant) -> Option<i64> {
+    /// Renews a lease; returns its TTL, or `None` if it is unknown or already expired. The
+    /// clock is read under the lock, so a lease the expiry driver has listed as expired can
+    /// never be renewed afterwards.
+    pub fn keep_alive(&self, id: i64) -> Option<i64> {
         let mut leases = self.leases.lock().expect("lessor lock");
+        let now = Instant::now();
         let d = leases.get_mut(&id)?;
         if d.expires <= now {
             return None;
@@ -76,8 +80,9 @@ impl Lessor {
     }
 
     /// Leases whose deadline has passed, oldest first; at most `max` of them.
-    pub fn expired(&self, now: Instant, max: usize) -> Vec<i64> {
+    pub fn expired(&self, max: usize) -> Vec<i64> {
         let leases = self.leases.lock().expect("lessor lock");
+        let now = Instant::now();
         let mut out: Vec<(Instant, i64)> = leases
             .iter()
             .filter(|(_, d)| d.expires <= now)
@@ -113,12 +118,12 @@ mod tests {
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(lessor.remaining(1, Instant::now()), Some((4, 5)));
         tokio::time::advance(Duration::from_millis(3990)).await;
-        assert_eq!(lessor.keep_alive(1, Instant::now()), Some(5));
+        assert_eq!(lessor.keep_alive(1), Some(5));
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert!(lessor.expired(Instant::now(), 10).is_empty());
+        assert!(lessor.expired(10).is_empty());
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(lessor.expired(Instant::now(), 10), vec![1, 2]);
-        assert_eq!(lessor.keep_alive(2, Instant::now()), None);
+        assert_eq!(lessor.expired(10), vec![1, 2]);
+        assert_eq!(lessor.keep_alive(2), None);
         assert_eq!(lessor.remaining(9, Instant::now()), None);
     }
 }

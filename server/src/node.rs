@@ -21,7 +21,7 @@ pub struct Node {
     pub store: Store,
     pub applier: Applier,
     pub hub: WatchHub,
-    pub lessor: Lessor,
+    pub lessor: Arc<Lessor>,
     pub member: Member,
     pub cluster_id: u64,
     pub metrics: Arc<Metrics>,

@@ -83,6 +83,11 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(&config.reported_etcd_version));
     let hub = WatchHub::new();
     let (compact_tx, compact_rx) = mpsc::unbounded_channel();
+    let lessor = Arc::new(Lessor::new(Lessor::min_ttl_for(config.election_timeout)));
+    let now = tokio::time::Instant::now();
+    for (lease_id, ttl) in store.leases()? {
+        lessor.track(lease_id, ttl, now);
+    }
     let applier_cfg = ApplierConfig {
         member_id: id,
         quota_backend_bytes: config.quota_backend_bytes,
@@ -93,13 +98,9 @@ pub async fn run(
         metrics.clone(),
         applier_cfg,
         compact_tx,
+        lessor.clone(),
     )
     .map_err(io_err("starting the apply thread"))?;
-    let lessor = Lessor::new(Lessor::min_ttl_for(config.election_timeout));
-    let now = tokio::time::Instant::now();
-    for (lease_id, ttl) in store.leases()? {
-        lessor.track(lease_id, ttl, now);
-    }
     let compactor = Compactor::start(store.clone(), compact_rx);
     let node = Arc::new(Node {
         cluster_id: cluster_id(&[id]),

@@ -133,24 +133,25 @@ impl Store {
         self.check_read_revision_at(rev, self.current_revision())
     }
 
+    /// Checks that `rev` (<= 0: `current`) is readable when the store is at `current`.
+    /// A current-revision read is checked against compaction too: a compaction can overtake
+    /// it between loading `current` and taking the snapshot.
     fn check_read_revision_at(&self, rev: i64, current: i64) -> Result<i64> {
-        if rev <= 0 {
-            return Ok(current);
-        }
-        if rev > current {
+        let wanted = if rev <= 0 { current } else { rev };
+        if wanted > current {
             return Err(Error::FutureRev {
-                requested: rev,
+                requested: wanted,
                 current,
             });
         }
         let compacted = self.compacted_revision();
-        if rev < compacted {
+        if wanted < compacted {
             return Err(Error::Compacted {
-                requested: rev,
+                requested: wanted,
                 compacted,
             });
         }
-        Ok(rev)
+        Ok(wanted)
     }
 
     /// Scans `[key, range_end)` at `rev` (0 = current). Returns the scan and the revision the
@@ -163,12 +164,19 @@ impl Store {
         limit: usize,
         count_only: bool,
     ) -> Result<(Scan, i64)> {
-        let current = self.current_revision();
         // The snapshot is taken after `current` is loaded, so it holds every write up to it;
         // the compaction check runs after the snapshot, so a compaction that could have
-        // removed history at `read_rev` is either seen here or began after the snapshot.
-        let view = self.view();
-        let read_rev = self.check_read_revision_at(rev, current)?;
+        // removed history at the read revision is either seen here or began after the
+        // snapshot. A read of "the current revision" that a compaction overtook between the
+        // two loads starts again at the newer current revision.
+        let (current, view, read_rev) = loop {
+            let current = self.current_revision();
+            let view = self.view();
+            match self.check_read_revision_at(rev, current) {
+                Err(Error::Compacted { .. }) if rev <= 0 => continue,
+                other => break (current, view, other?),
+            }
+        };
         let end = RangeEnd::from_request(range_end);
         let mut iter = view.iter(CF_KEY, end.upper_bound(key));
         let scan = mvcc::scan(&mut iter, key, &end, read_rev, limit, count_only)?;
