@@ -169,12 +169,15 @@ impl Lease for LeaseService {
         &self,
         _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let leases = self.node.store.leases().map_err(errors::from_store)?;
+        // From the lessor, which learns of grants only once they are durable and visible.
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.node.current_header()),
-            leases: leases
+            leases: self
+                .node
+                .lessor
+                .ids()
                 .into_iter()
-                .map(|(id, _)| LeaseStatus { id })
+                .map(|id| LeaseStatus { id })
                 .collect(),
         }))
     }

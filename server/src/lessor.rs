@@ -93,6 +93,19 @@ impl Lessor {
         out.into_iter().map(|(_, id)| id).collect()
     }
 
+    /// Every tracked lease, in ID order.
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .leases
+            .lock()
+            .expect("lessor lock")
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     pub fn count(&self) -> usize {
         self.leases.lock().expect("lessor lock").len()
     }
