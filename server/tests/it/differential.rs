@@ -294,17 +294,7 @@ async fn exec(c: &mut Client, op: &Op) -> String {
 async fn watch_history(c: &mut Client, prefix: &str, start: i64) -> Vec<String> {
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut().unwrap() += 1;
-    let current =
-        c.kv.range(RangeRequest {
-            key: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let current = c.current_revision().await;
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
             key: prefix.as_bytes().to_vec(),
@@ -374,15 +364,7 @@ async fn run_sequence(a: &mut Client, b: &mut Client, seed: u64, prefix: &str, l
             "seed {seed} diverged at op {i}; rerun with CAIRN_DIFF_SEED={seed}\n{}",
             log.join("\n")
         );
-        let current =
-            a.kv.range(RangeRequest {
-                key: b"x".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        rev_hint = current.header.unwrap().revision;
+        rev_hint = a.current_revision().await;
     }
     let compacted = |c: &mut Client| {
         let mut c = c.clone();

@@ -16,6 +16,22 @@ pub struct Client {
 }
 
 impl Client {
+    /// The server's current revision (from the header of a one-key range).
+    pub async fn current_revision(&mut self) -> i64 {
+        let req = etcd_proto::etcdserverpb::RangeRequest {
+            key: b"x".to_vec(),
+            ..Default::default()
+        };
+        self.kv
+            .range(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision
+    }
+
     pub async fn connect(endpoint: &str) -> Client {
         let channel = Channel::from_shared(format!("http://{endpoint}"))
             .unwrap()

@@ -292,18 +292,7 @@ async fn a_stalled_watcher_catches_up_from_history_without_gaps() {
     // stream lags and must catch up from stored history: every revision exactly once, in order.
     let cairn = Server::start_with(Kind::Cairn, &["--log-level", "debug"]);
     let mut c = Client::connect(&cairn.endpoint()).await;
-    let start =
-        c.kv.range(RangeRequest {
-            key: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision
-            + 1;
+    let start = c.current_revision().await + 1;
     let mut s = Stream::open(
         &mut c,
         None,
