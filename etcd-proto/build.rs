@@ -7,7 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(
-            &["proto/rpc.proto", "proto/kv.proto", "proto/auth.proto"],
+            &[
+                "proto/rpc.proto",
+                "proto/kv.proto",
+                "proto/auth.proto",
+                "proto/cairn_raft.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

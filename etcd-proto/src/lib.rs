@@ -5,6 +5,7 @@
 //!   and their messages; package and service names match etcd's so real clients connect.
 //! - [`mvccpb`]: `KeyValue` and `Event`, the stored record and the watch event.
 //! - [`authpb`]: users, roles and permissions.
+//! - [`cairnraftpb`]: Cairn's own peer protocol (Raft RPCs, forwarded proposals, read index).
 //!
 //! This crate holds no logic.
 
@@ -21,4 +22,9 @@ pub mod authpb {
 #[allow(clippy::all, missing_docs)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod cairnraftpb {
+    tonic::include_proto!("cairnraftpb");
 }

@@ -1,14 +1,29 @@
-//! Cairn's Raft log storage. This first part is the write-ahead log the Raft layer will keep
-//! its entries in; the openraft adapter, the state machine over `store` and the peer transport
-//! build on it.
+//! Cairn's Raft layer: openraft over a write-ahead log of our own, a state machine over
+//! `store`, and a gRPC transport between members.
 //!
 //! - [`wal`]: segmented, append-only log of (index, payload) records, CRC-framed, with group
 //!   commit (`append` many, `sync` once), truncation of a conflicting suffix, purge of a
 //!   prefix, and recovery that truncates a torn tail but refuses to start on corruption.
 //! - [`meta`]: small files replaced atomically (write temp, fsync, rename, fsync dir), for the
-//!   vote and the committed log id.
+//!   vote, the committed and the purged log ids.
+//! - [`types`]: openraft's type configuration (node = etcd member, entry data = proposal).
+//! - [`proposal`]: the write an entry carries and the byte encodings of entries.
+//! - [`log_store`]: openraft's log storage over the WAL, with a group-commit flusher.
+//! - [`state_machine`]: openraft's state machine over `store`, applied index in the same batch.
+//! - [`snapshot`]: snapshots as checkpoint archives: build, send, install (crash-safe).
+//! - [`network`]: the peer transport over gRPC, client and server halves.
 
+pub mod log_store;
 pub mod meta;
+pub mod network;
+pub mod proposal;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
 pub mod wal;
 
+pub use log_store::LogStore;
+pub use proposal::Proposal;
+pub use state_machine::{AppliedProposal, ApplyError, ApplyObserver, StateMachine};
+pub use types::{Member, NodeId, Raft, TypeConfig};
 pub use wal::{Wal, WalError, WalOptions};

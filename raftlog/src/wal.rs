@@ -17,6 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const HEADER_LEN: u64 = 16;
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -75,7 +76,8 @@ pub struct Wal {
     opts: WalOptions,
     /// First index of every segment, ascending; the last one is the active segment.
     segments: Vec<u64>,
-    active: Option<File>,
+    /// Shared so a flusher can fdatasync it while the next batch is being written.
+    active: Option<Arc<File>>,
     active_len: u64,
     index: BTreeMap<u64, Location>,
 }
@@ -122,12 +124,12 @@ impl Wal {
             let len = wal.recover_segment(first, i + 1 == count)?;
             if i + 1 == count {
                 let path = segment_path(dir, first);
-                wal.active = Some(
+                wal.active = Some(Arc::new(
                     OpenOptions::new()
                         .append(true)
                         .open(&path)
                         .map_err(io_err(&path))?,
-                );
+                ));
                 wal.active_len = len;
             }
         }
@@ -261,9 +263,9 @@ impl Wal {
         }
         let segment = *self.segments.last().expect("an active segment exists");
         let path = segment_path(&self.dir, segment);
-        self.active
-            .as_mut()
-            .expect("active")
+        let active: &File = self.active.as_deref().expect("active");
+        let mut active = active;
+        active
             .write_all(buf)
             .map_err(io_err(&path))?;
         self.active_len += buf.len() as u64;
@@ -299,9 +301,17 @@ impl Wal {
             .map_err(io_err(&path))?;
         self.sync_dir()?;
         self.segments.push(first);
-        self.active = Some(f);
+        self.active = Some(Arc::new(f));
         self.active_len = 0;
         Ok(())
+    }
+
+    /// The active segment and its path, for syncing outside the writer's lock: after an fdatasync
+    /// of it, every record appended before this call is durable (earlier segments were synced
+    /// when they were closed).
+    pub fn sync_handle(&self) -> Option<(Arc<File>, PathBuf)> {
+        let seg = *self.segments.last()?;
+        Some((self.active.clone()?, segment_path(&self.dir, seg)))
     }
 
     /// Makes every appended record durable (one fdatasync of the active segment).
@@ -362,7 +372,7 @@ impl Wal {
         f.set_len(loc.offset).map_err(io_err(&path))?;
         f.sync_all().map_err(io_err(&path))?;
         self.sync_dir()?;
-        self.active = Some(f);
+        self.active = Some(Arc::new(f));
         self.active_len = loc.offset;
         self.index.split_off(&from);
         Ok(())
@@ -371,6 +381,9 @@ impl Wal {
     /// Deletes the segments whose records all have index `upto` or lower (after a snapshot);
     /// the active segment is kept. Records of a kept segment stay readable.
     pub fn purge_to(&mut self, upto: u64) -> Result<(), WalError> {
+        if self.last_index().is_some_and(|last| upto >= last) {
+            return self.clear();
+        }
         let mut removed = false;
         while self.segments.len() > 1 && self.segments[1] <= upto + 1 {
             let first = self.segments.remove(0);
@@ -383,6 +396,19 @@ impl Wal {
             self.sync_dir()?;
         }
         Ok(())
+    }
+
+    /// Removes every record and segment (a snapshot covers the whole log); the next append may
+    /// start at any index.
+    fn clear(&mut self) -> Result<(), WalError> {
+        for first in self.segments.drain(..) {
+            let path = segment_path(&self.dir, first);
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        self.active = None;
+        self.active_len = 0;
+        self.index.clear();
+        self.sync_dir()
     }
 
     /// How many segment files the log has.

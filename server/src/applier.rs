@@ -1,292 +1,289 @@
-//! The write pipeline: one OS thread owns the store's `Writer`, takes proposals from a bounded
-//! queue, applies as many as are waiting (up to `APPLY_BATCH_MAX`), makes them durable with one
-//! fsync, publishes the new revision, hands the events to the watch hub, and only then answers
-//! each proposer. Throughput comes from the batch; no timer ever delays a write.
-//!
-//! Durability point: a proposal is answered only after `Writer::sync` returned.
+//! The write path and the read barrier, over Raft. `propose` turns a write into a Raft entry —
+//! appended directly on the leader, forwarded to the leader by a follower — and waits until
+//! this member has applied it, so the answer (and a following read on this member) reflects it;
+//! `read_index` makes a linearizable read wait until this member has applied everything the
+//! leader had committed when the read arrived. Concurrent reads share one confirmation round.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use etcd_proto::etcdserverpb::{request_op, AlarmType, RequestOp, TxnRequest};
-use store::{Applied, Store, WriteRequest, Writer};
+use openraft::error::{ClientWriteError, RaftError};
+use raftlog::state_machine::needs_space;
+use raftlog::{ApplyError, Proposal, Raft};
+use store::{Applied, WriteRequest};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::errors::{self, EtcdError};
 use crate::lessor::Lessor;
-use crate::metrics::Metrics;
-use crate::watch_hub::{EventBatch, WatchHub};
+use crate::peer::PeerClients;
 
-/// Proposals waiting to be applied; a full queue makes proposers wait (backpressure).
-pub const PROPOSALS_QUEUED_MAX: usize = 8192;
-/// Proposals applied between two fsyncs at most.
-pub const APPLY_BATCH_MAX: usize = 1024;
+/// How long a proposal waits for a leader to appear.
+const NO_LEADER_WAIT: Duration = Duration::from_millis(50);
 
-enum Command {
-    Propose {
-        req: WriteRequest,
-        reply: oneshot::Sender<Result<Applied, Status>>,
-    },
-    /// Creates a RocksDB checkpoint of the published state in `dir`.
-    Checkpoint {
-        dir: PathBuf,
-        reply: oneshot::Sender<Result<i64, Status>>,
-    },
+/// Proposals waiting to be applied on this member, by proposal ID.
+#[derive(Default)]
+pub struct Waiters {
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Applied, ApplyError>>>>,
 }
 
-/// A cloneable handle for proposing writes.
+impl Waiters {
+    fn register(&self, id: u64) -> oneshot::Receiver<Result<Applied, ApplyError>> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("waiters lock").insert(id, tx);
+        rx
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.lock().expect("waiters lock").remove(&id);
+    }
+
+    /// Hands an applied proposal's result to its proposer, if it is waiting here.
+    pub fn resolve(&self, id: u64, result: Result<Applied, ApplyError>) {
+        if let Some(tx) = self.pending.lock().expect("waiters lock").remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// A cloneable handle on the write path and the read barrier.
 #[derive(Clone)]
 pub struct Applier {
-    tx: mpsc::Sender<Command>,
+    raft: Raft,
+    member_id: u64,
+    waiters: Arc<Waiters>,
+    next_id: Arc<AtomicU64>,
+    peers: PeerClients,
+    reads: mpsc::UnboundedSender<oneshot::Sender<Result<(), Status>>>,
     nospace: Arc<AtomicBool>,
-}
-
-/// Settings the pipeline needs.
-pub struct ApplierConfig {
-    pub member_id: u64,
-    pub quota_backend_bytes: u64,
+    request_timeout: Duration,
 }
 
 impl Applier {
-    /// Starts the apply thread. It runs until every `Applier` handle is dropped.
-    pub fn start(
-        writer: Writer,
-        hub: WatchHub,
-        metrics: Arc<Metrics>,
-        cfg: ApplierConfig,
-        compactor: mpsc::UnboundedSender<i64>,
-        lessor: Arc<Lessor>,
-    ) -> std::io::Result<(Applier, std::thread::JoinHandle<()>)> {
-        let (tx, rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
-        let store = writer.store().clone();
-        let raised = store
-            .alarms()
-            .map(|a| a.iter().any(|&(_, t)| t == AlarmType::Nospace as i32))
-            .unwrap_or(false);
-        let nospace = Arc::new(AtomicBool::new(raised));
-        let mut pipeline = Pipeline {
-            writer,
-            hub,
-            metrics,
-            cfg,
-            compactor,
-            lessor,
-            nospace: nospace.clone(),
-            quota_checked: Instant::now(),
+    pub fn new(
+        raft: Raft,
+        member_id: u64,
+        waiters: Arc<Waiters>,
+        peers: PeerClients,
+        nospace: Arc<AtomicBool>,
+        election_timeout: Duration,
+    ) -> Applier {
+        // etcd's request ID scheme: the member's low 16 bits, then time, then a counter, so IDs
+        // from different members and from this member's previous runs do not collide.
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let first = ((member_id & 0xffff) << 48) | ((millis << 8) & 0xffff_ffff_ffff);
+        let (reads, rx) = mpsc::unbounded_channel();
+        let applier = Applier {
+            raft,
+            member_id,
+            waiters,
+            next_id: Arc::new(AtomicU64::new(first)),
+            peers,
+            reads,
+            nospace,
+            // etcd: 5 s plus two election timeouts.
+            request_timeout: Duration::from_secs(5) + 2 * election_timeout,
         };
-        let handle = std::thread::Builder::new()
-            .name("cairn-apply".into())
-            .spawn(move || pipeline.run(rx))?;
-        Ok((Applier { tx, nospace }, handle))
+        tokio::spawn(read_rounds(applier.clone(), rx));
+        applier
     }
 
-    /// Proposes a write and waits until it is durable and visible.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The current leader, if one is known.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this member is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.member_id)
+    }
+
+    /// Proposes a write and waits until this member has applied it.
     pub async fn propose(&self, req: WriteRequest) -> Result<Applied, Status> {
-        if self.nospace.load(Ordering::Acquire) && needs_space(&req) {
+        if self.nospace() && needs_space(&req) {
             return Err(EtcdError::NoSpace.into());
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Propose { req, reply })
-            .await
-            .map_err(|_| Status::from(EtcdError::Stopped))?;
-        rx.await.map_err(|_| Status::from(EtcdError::Stopped))?
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let rx = self.waiters.register(id);
+        let proposal = Proposal { id, req };
+        let outcome = tokio::time::timeout(self.request_timeout, async {
+            self.submit(proposal).await?;
+            match rx.await {
+                Ok(result) => result.map_err(errors::from_apply),
+                Err(_) => Err(EtcdError::Stopped.into()),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(result) => {
+                if result.is_err() {
+                    self.waiters.forget(id);
+                }
+                result
+            }
+            Err(_) => {
+                self.waiters.forget(id);
+                Err(EtcdError::Timeout.into())
+            }
+        }
     }
 
-    /// Checkpoints the published state into `dir` (which must not exist) at a quiescent point
-    /// between batches; returns the revision it holds.
-    pub async fn checkpoint(&self, dir: PathBuf) -> Result<i64, Status> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Checkpoint { dir, reply })
-            .await
-            .map_err(|_| Status::from(EtcdError::Stopped))?;
-        rx.await.map_err(|_| Status::from(EtcdError::Stopped))?
+    /// Gets the proposal appended to the log: locally on the leader, else by the leader.
+    /// Retries only when it is certain the proposal was not appended.
+    async fn submit(&self, proposal: Proposal) -> Result<(), Status> {
+        loop {
+            match self.leader() {
+                None => tokio::time::sleep(NO_LEADER_WAIT).await,
+                Some(leader) if leader == self.member_id => {
+                    match self.raft.client_write(proposal.clone()).await {
+                        Ok(_) => return Ok(()),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                            tokio::time::sleep(NO_LEADER_WAIT).await
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "proposal failed");
+                            return Err(EtcdError::Stopped.into());
+                        }
+                    }
+                }
+                Some(leader) => match self.peers.propose(leader, proposal.to_internal()).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if crate::peer::is_not_leader(&e) => {
+                        tokio::time::sleep(NO_LEADER_WAIT).await
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
     }
 
-    /// Whether the NOSPACE alarm is raised.
+    /// Waits until this member may serve a linearizable read (etcd's ReadIndex).
+    pub async fn read_index(&self) -> Result<(), Status> {
+        let (tx, rx) = oneshot::channel();
+        self.reads
+            .send(tx)
+            .map_err(|_| Status::from(EtcdError::Stopped))?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(EtcdError::Stopped.into()),
+            Err(_) => Err(EtcdError::Timeout.into()),
+        }
+    }
+
+    /// One confirmation round: the index the leader had committed, then this member's apply
+    /// catching up to it.
+    async fn read_barrier(&self) -> Result<(), Status> {
+        loop {
+            match self.leader() {
+                None => tokio::time::sleep(NO_LEADER_WAIT).await,
+                Some(leader) if leader == self.member_id => {
+                    return match self.raft.ensure_linearizable().await {
+                        Ok(_) => Ok(()),
+                        Err(RaftError::APIError(_)) => Err(EtcdError::LeaderChanged.into()),
+                        Err(_) => Err(EtcdError::Stopped.into()),
+                    };
+                }
+                Some(leader) => {
+                    let index = match self.peers.read_index(leader).await {
+                        Ok(i) => i,
+                        Err(e) if crate::peer::is_not_leader(&e) => {
+                            tokio::time::sleep(NO_LEADER_WAIT).await;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    return self
+                        .raft
+                        .wait(Some(self.request_timeout))
+                        .applied_index_at_least(Some(index), "read index")
+                        .await
+                        .map(|_| ())
+                        .map_err(|_| EtcdError::Timeout.into());
+                }
+            }
+        }
+    }
+
+    /// Renews a lease where lease deadlines count — on the leader — and returns its TTL
+    /// (0 if it is unknown or expired, as etcd answers).
+    pub async fn lease_keep_alive(&self, lessor: &Lessor, id: i64) -> Result<i64, Status> {
+        self.on_leader(
+            || lessor.keep_alive(id).unwrap_or(0),
+            |leader| self.peers.lease_keep_alive(leader, id),
+        )
+        .await
+    }
+
+    /// A lease's (remaining, granted) TTL as the leader sees it; `None` if it does not exist.
+    pub async fn lease_time_to_live(
+        &self,
+        lessor: &Lessor,
+        id: i64,
+    ) -> Result<Option<(i64, i64)>, Status> {
+        self.on_leader(
+            || lessor.remaining(id, tokio::time::Instant::now()),
+            |leader| self.peers.lease_time_to_live(leader, id),
+        )
+        .await
+    }
+
+    /// Runs `local` if this member leads, else asks the leader with `remote`; waits for a
+    /// leader and retries while leadership moves, up to the request timeout.
+    async fn on_leader<T, F, R>(&self, local: impl Fn() -> T, remote: R) -> Result<T, Status>
+    where
+        R: Fn(u64) -> F,
+        F: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            match self.leader() {
+                Some(leader) if leader == self.member_id => return Ok(local()),
+                Some(leader) => match remote(leader).await {
+                    Err(e) if crate::peer::is_not_leader(&e) => {}
+                    other => return other,
+                },
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EtcdError::NoLeader.into());
+            }
+            tokio::time::sleep(NO_LEADER_WAIT).await;
+        }
+    }
+
+    /// Whether the NOSPACE alarm is raised (as last applied).
     pub fn nospace(&self) -> bool {
         self.nospace.load(Ordering::Acquire)
     }
 }
 
-/// Whether a request needs backend space (etcd rejects these while NOSPACE is raised).
-fn needs_space(req: &WriteRequest) -> bool {
-    match req {
-        WriteRequest::Put(_) | WriteRequest::LeaseGrant { .. } => true,
-        WriteRequest::Txn(t) => txn_has_put(t),
-        _ => false,
-    }
-}
-
-fn txn_has_put(t: &TxnRequest) -> bool {
-    let any = |ops: &[RequestOp]| {
-        ops.iter().any(|op| match &op.request {
-            Some(request_op::Request::RequestPut(_)) => true,
-            Some(request_op::Request::RequestTxn(inner)) => txn_has_put(inner),
-            _ => false,
-        })
-    };
-    any(&t.success) || any(&t.failure)
-}
-
-struct Pipeline {
-    writer: Writer,
-    hub: WatchHub,
-    metrics: Arc<Metrics>,
-    cfg: ApplierConfig,
-    compactor: mpsc::UnboundedSender<i64>,
-    /// Lease deadlines, updated here so grants and revocations reach it in apply order.
-    lessor: Arc<Lessor>,
-    nospace: Arc<AtomicBool>,
-    /// When the backend size was last compared with the quota.
-    quota_checked: Instant,
-}
-
-/// How often the backend size is compared with the quota (a directory listing).
-const QUOTA_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-
-impl Pipeline {
-    /// Runs until every sender is dropped.
-    fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch = Vec::with_capacity(APPLY_BATCH_MAX);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < APPLY_BATCH_MAX {
-                match rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
-                }
-            }
-            self.apply_batch(&mut batch);
+/// Serves read-index requests in rounds: every request that arrived before a round starts
+/// shares its result, so a burst of reads costs one quorum confirmation.
+async fn read_rounds(
+    applier: Applier,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), Status>>>,
+) {
+    let mut waiting = Vec::new();
+    while let Some(first) = rx.recv().await {
+        waiting.push(first);
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
         }
-        tracing::info!("apply pipeline stopped");
-    }
-
-    fn apply_batch(&mut self, batch: &mut Vec<Command>) {
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut events = Vec::new();
-        let mut checkpoints = Vec::new();
-        // Side effects that must wait until the batch is durable and visible.
-        let mut compactions = Vec::new();
-        let mut lease_changes: Vec<(i64, Option<i64>)> = Vec::new();
-        for cmd in batch.drain(..) {
-            match cmd {
-                Command::Propose { req, reply } => {
-                    let result = if self.nospace.load(Ordering::Acquire) && needs_space(&req) {
-                        Err(EtcdError::NoSpace.into())
-                    } else {
-                        self.writer.apply(&req).map_err(errors::from_store)
-                    };
-                    match &result {
-                        Ok(applied) => {
-                            events.extend(applied.events.iter().cloned());
-                            match req {
-                                WriteRequest::Compact { revision } => compactions.push(revision),
-                                WriteRequest::LeaseGrant { id, ttl_secs } => {
-                                    lease_changes.push((id, Some(ttl_secs)))
-                                }
-                                WriteRequest::LeaseRevoke { id } => lease_changes.push((id, None)),
-                                WriteRequest::Alarm {
-                                    activate, alarm, ..
-                                } if alarm == AlarmType::Nospace as i32 => {
-                                    self.nospace.store(activate, Ordering::Release);
-                                }
-                                _ => {}
-                            }
-                        }
-                        Err(_) => self.metrics.proposals_failed.inc(),
-                    }
-                    replies.push((reply, result));
-                }
-                Command::Checkpoint { dir, reply } => checkpoints.push((dir, reply)),
-            }
-        }
-        if !replies.is_empty() {
-            let started = Instant::now();
-            if let Err(e) = self.writer.sync() {
-                // The durability point failed and the batch's writes sit unsynced in RocksDB,
-                // where a later sync would make them durable after their clients were told
-                // they failed. As etcd does on a WAL fsync failure, the node stops; on restart
-                // RocksDB's recovery decides what survived, and nothing was acknowledged.
-                tracing::error!(error = %e, "fsync failed; stopping the node");
-                let status = errors::from_store(e);
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(Status::new(status.code(), status.message())));
-                }
-                std::process::exit(1);
-            }
-            self.metrics
-                .fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.writer.publish();
-            let now = tokio::time::Instant::now();
-            for (id, grant) in lease_changes {
-                match grant {
-                    Some(ttl_secs) => self.lessor.track(id, ttl_secs, now),
-                    None => self.lessor.forget(id),
-                }
-            }
-            // Physical compaction starts only once readers can see the compacted revision.
-            for revision in compactions {
-                let _ = self.compactor.send(revision);
-            }
-            self.metrics
-                .proposals_committed
-                .inc_by(replies.len() as u64);
-            if !events.is_empty() {
-                self.hub.publish(EventBatch {
-                    to_rev: self.writer.revision(),
-                    events,
-                });
-            }
-            for (reply, result) in replies {
-                let _ = reply.send(result);
-            }
-            self.check_quota();
-        }
-        for (dir, reply) in checkpoints {
-            let _ = reply.send(self.checkpoint(&dir));
-        }
-    }
-
-    fn checkpoint(&self, dir: &std::path::Path) -> Result<i64, Status> {
-        let store: &Store = self.writer.store();
-        store.checkpoint(dir).map_err(errors::from_store)?;
-        Ok(self.writer.revision())
-    }
-
-    /// Raises NOSPACE once the backend outgrows its quota, as etcd does.
-    fn check_quota(&mut self) {
-        if self.nospace.load(Ordering::Acquire)
-            || self.quota_checked.elapsed() < QUOTA_CHECK_INTERVAL
-        {
-            return;
-        }
-        self.quota_checked = Instant::now();
-        let size = self.writer.store().size_on_disk();
-        if size <= self.cfg.quota_backend_bytes {
-            return;
-        }
-        tracing::warn!(
-            size,
-            quota = self.cfg.quota_backend_bytes,
-            "backend quota exceeded; raising NOSPACE alarm"
-        );
-        let req = WriteRequest::Alarm {
-            activate: true,
-            member_id: self.cfg.member_id,
-            alarm: AlarmType::Nospace as i32,
-        };
-        match self.writer.apply(&req).and_then(|_| self.writer.sync()) {
-            Ok(()) => {
-                self.writer.publish();
-                self.nospace.store(true, Ordering::Release);
-            }
-            Err(e) => tracing::error!(error = %e, "could not raise NOSPACE alarm"),
+        let result = applier.read_barrier().await;
+        for tx in waiting.drain(..) {
+            let _ = tx.send(match &result {
+                Ok(()) => Ok(()),
+                Err(s) => Err(Status::new(s.code(), s.message())),
+            });
         }
     }
 }

@@ -102,7 +102,8 @@ pub async fn run_auto(
             }
             AutoCompaction::Off => return,
         };
-        if target > store.compacted_revision() {
+        // As etcd: only the leader compacts (the proposal reaches every member through Raft).
+        if target > store.compacted_revision() && applier.is_leader() {
             match applier
                 .propose(WriteRequest::Compact { revision: target })
                 .await

@@ -47,7 +47,7 @@ pub struct Flags {
         default_value = "http://localhost:2379"
     )]
     pub advertise_client_urls: String,
-    /// List of URLs to listen on for peer traffic (accepted; used once clustering lands).
+    /// List of URLs to listen on for peer traffic.
     #[arg(
         long,
         env = "ETCD_LISTEN_PEER_URLS",
@@ -89,13 +89,13 @@ pub struct Flags {
     /// Auto compaction retention ('0' disables; periodic: hours or a duration like 5m; revision: a count).
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
-    /// Time (in milliseconds) of a heartbeat interval (accepted; used once clustering lands).
+    /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
-    /// Number of committed transactions to trigger a snapshot to disk (accepted; used by Raft).
+    /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
     /// Duration of periodic watch progress notifications.
@@ -137,7 +137,13 @@ pub struct Config {
     pub listen_client: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub advertise_peer_urls: Vec<String>,
+    pub listen_peer: Vec<SocketAddr>,
+    /// The members of `--initial-cluster`: name and peer URLs, in flag order.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    /// `--initial-cluster-state new` (bootstrap a cluster) rather than `existing` (join one).
+    pub initial_cluster_new: bool,
     pub initial_cluster_token: String,
+    pub snapshot_count: u64,
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub txn_ops_max: usize,
@@ -167,7 +173,11 @@ impl Flags {
             ));
         }
         let advertise_peer_urls = split_urls(&self.initial_advertise_peer_urls);
-        self.check_initial_cluster(&advertise_peer_urls)?;
+        let initial_cluster = self.initial_cluster(&advertise_peer_urls)?;
+        let listen_peer = split_urls(&self.listen_peer_urls)
+            .iter()
+            .map(|u| url_to_addr(u))
+            .collect::<Result<Vec<_>, _>>()?;
         if !matches!(self.initial_cluster_state.as_str(), "new" | "existing") {
             return Err(ConfigError(format!(
                 "invalid value \"{}\" for flag -initial-cluster-state: invalid value",
@@ -191,7 +201,11 @@ impl Flags {
             listen_client,
             advertise_client_urls: split_urls(&self.advertise_client_urls),
             advertise_peer_urls,
+            listen_peer,
+            initial_cluster,
+            initial_cluster_new: self.initial_cluster_state == "new",
             initial_cluster_token: self.initial_cluster_token.clone(),
+            snapshot_count: self.snapshot_count.max(1),
             quota_backend_bytes: if self.quota_backend_bytes == 0 {
                 QUOTA_BACKEND_BYTES_DEFAULT
             } else {
@@ -213,24 +227,30 @@ impl Flags {
         })
     }
 
-    /// With one member, `--initial-cluster` must name exactly this member with its advertised
-    /// peer URLs, as etcd requires; more members need the Raft cluster (not yet built).
-    fn check_initial_cluster(&self, advertise_peer_urls: &[String]) -> Result<(), ConfigError> {
+    /// Parses `--initial-cluster` (default `<name>=<advertised peer URLs>`). This member must
+    /// be in it with exactly its advertised peer URLs, as etcd requires.
+    fn initial_cluster(
+        &self,
+        advertise_peer_urls: &[String],
+    ) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
         let Some(ic) = &self.initial_cluster else {
-            return Ok(());
+            return Ok(vec![(self.name.clone(), advertise_peer_urls.to_vec())]);
         };
-        let mut mine = Vec::new();
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
         for entry in ic.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (name, url) = entry.split_once('=').ok_or_else(|| {
                 ConfigError(format!("--initial-cluster: malformed entry {entry:?}"))
             })?;
-            if name != self.name {
-                return Err(ConfigError(format!(
-                    "--initial-cluster names member {name:?}: multi-member clusters are not supported yet"
-                )));
+            match members.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => members.push((name.to_string(), vec![url.to_string()])),
             }
-            mine.push(url.to_string());
         }
+        let mine = members
+            .iter()
+            .find(|(n, _)| *n == self.name)
+            .map(|(_, urls)| urls.clone())
+            .unwrap_or_default();
         let (mut a, mut b) = (mine, advertise_peer_urls.to_vec());
         a.sort();
         b.sort();
@@ -240,7 +260,7 @@ impl Flags {
                 a.join(","), b.join(","), a.join(","), a, b.join(","), b
             )));
         }
-        Ok(())
+        Ok(members)
     }
 }
 

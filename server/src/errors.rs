@@ -44,6 +44,12 @@ pub enum EtcdError {
     Stopped,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: not leader")]
+    NotLeader,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
     #[error("etcdserver: authentication is not enabled")]
@@ -62,7 +68,7 @@ impl EtcdError {
             LeaseExist | MemberNotLearner | BadLeaderTransferee | AuthNotEnabled => {
                 Code::FailedPrecondition
             }
-            Stopped | Timeout => Code::Unavailable,
+            Stopped | Timeout | NoLeader | LeaderChanged | NotLeader => Code::Unavailable,
             Corrupt => Code::DataLoss,
         }
     }
@@ -90,6 +96,14 @@ pub fn from_store(e: store::Error) -> Status {
     }
 }
 
+/// Maps a refusal of the state machine (the same on every member) to etcd's status.
+pub fn from_apply(e: raftlog::ApplyError) -> Status {
+    match e {
+        raftlog::ApplyError::Store(e) => from_store(e),
+        raftlog::ApplyError::NoSpace => EtcdError::NoSpace.into(),
+    }
+}
+
 /// The status for an RPC Cairn does not serve yet (etcd's own "unimplemented" code).
 pub fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("cairn: {what} is not implemented yet"))
@@ -106,6 +120,16 @@ mod tests {
                 EtcdError::EmptyKey,
                 Code::InvalidArgument,
                 "etcdserver: key is not provided",
+            ),
+            (
+                EtcdError::NoLeader,
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                EtcdError::LeaderChanged,
+                Code::Unavailable,
+                "etcdserver: leader changed",
             ),
             (
                 EtcdError::KeyNotFound,

@@ -1,6 +1,7 @@
 //! The KV service: Range, Put, DeleteRange, Txn, Compact. Each handler validates, then reads
-//! the store locally or proposes a write to the apply pipeline. A single member's reads are
-//! linearizable by construction: the store only shows revisions that are durable.
+//! the store locally or proposes a write through Raft. A linearizable range first waits for
+//! the read barrier (this member has applied all the leader had committed when the read
+//! arrived); a serializable one reads this member's store as it is.
 
 use std::sync::Arc;
 
@@ -43,6 +44,9 @@ impl KvService {
 
 /// Runs a range on the blocking pool unless it names a single key (a few microseconds).
 pub async fn read_range(node: &Arc<Node>, r: RangeRequest) -> Result<RangeResponse, Status> {
+    if !r.serializable {
+        node.applier.read_index().await?;
+    }
     let mut resp = if r.range_end.is_empty() {
         range::execute(&node.store, &r).map_err(errors::from_store)?
     } else {
@@ -107,7 +111,7 @@ impl Kv for KvService {
         let r = request.into_inner();
         validate::txn(&r, self.node.config.txn_ops_max)?;
         self.check_size(r.encoded_len())?;
-        // Read-only txns also go through the pipeline: the writer is the one place that
+        // Read-only txns also go through Raft: the state machine is the one place that
         // evaluates compares and ranges against one consistent revision.
         let applied = self.propose(WriteRequest::Txn(r)).await?;
         match applied.response {

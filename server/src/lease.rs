@@ -13,7 +13,7 @@ use etcd_proto::etcdserverpb::{
 use futures::StreamExt;
 use store::WriteRequest;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Duration, Instant};
+use tokio::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::errors::{self, EtcdError};
@@ -118,8 +118,15 @@ impl Lease for LeaseService {
                     },
                     _ = shutdown.changed() => break,
                 };
-                // As etcd: an unknown or expired lease answers TTL 0, not an error.
-                let ttl = node.lessor.keep_alive(req.id).unwrap_or(0);
+                // As etcd: an unknown or expired lease answers TTL 0, not an error. A follower
+                // asks the leader, where lease deadlines count.
+                let ttl = match node.applier.lease_keep_alive(&node.lessor, req.id).await {
+                    Ok(ttl) => ttl,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
+                };
                 let resp = LeaseKeepAliveResponse {
                     header: Some(node.current_header()),
                     id: req.id,
@@ -139,7 +146,12 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = request.into_inner();
         let header = Some(self.node.current_header());
-        let Some((ttl, granted_ttl)) = self.node.lessor.remaining(r.id, Instant::now()) else {
+        let remaining = self
+            .node
+            .applier
+            .lease_time_to_live(&self.node.lessor, r.id)
+            .await?;
+        let Some((ttl, granted_ttl)) = remaining else {
             // As etcd: a missing lease reports TTL -1.
             return Ok(Response::new(LeaseTimeToLiveResponse {
                 header,
@@ -200,6 +212,10 @@ pub async fn run_expiry(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = interval.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        // Only the leader expires leases (its deadlines are the ones clients renew).
+        if !node.applier.is_leader() {
+            continue;
         }
         for id in node.lessor.expired(REVOKES_PER_CHECK_MAX) {
             match node.applier.propose(WriteRequest::LeaseRevoke { id }).await {

@@ -79,6 +79,20 @@ impl Lessor {
         Some((secs, d.ttl_secs))
     }
 
+    /// Gives every lease a full TTL from `now`: a new leader does this, as etcd's does, since
+    /// it cannot know how long ago the old leader last renewed each lease.
+    pub fn refresh_all(&self, now: Instant) {
+        let mut leases = self.leases.lock().expect("lessor lock");
+        for d in leases.values_mut() {
+            d.expires = now + Duration::from_secs(d.ttl_secs as u64);
+        }
+    }
+
+    /// Forgets every lease (the store was replaced by a snapshot; the caller re-tracks).
+    pub fn clear(&self) {
+        self.leases.lock().expect("lessor lock").clear();
+    }
+
     /// Leases whose deadline has passed, oldest first; at most `max` of them.
     pub fn expired(&self, max: usize) -> Vec<i64> {
         let leases = self.leases.lock().expect("lessor lock");

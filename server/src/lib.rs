@@ -5,7 +5,11 @@
 //! - [`server`]: [`run`]: wiring, listeners and ordered shutdown.
 //! - [`node`]: what the services share, and response headers.
 //! - [`member`]: member and cluster IDs, derived as etcd derives them.
-//! - [`applier`]: the write pipeline: batched apply, one fsync per batch, publish, reply.
+//! - [`bootstrap`]: starting Raft (log, state machine, peers, initial membership).
+//! - [`applier`]: the write path over Raft (proposals, forwarding) and the read barrier.
+//! - [`observer`]: what follows an applied batch: replies, watch events, leases, compaction.
+//! - [`peer`]: the peer service (what followers ask of the leader) and its clients.
+//! - [`quota`]: the backend quota check that raises NOSPACE.
 //! - [`watch_hub`]: fan-out of applied events to watch streams.
 //! - [`lessor`]: lease deadlines (the clock side of leases).
 //! - [`compactor`]: physical compaction and auto-compaction.
@@ -20,6 +24,7 @@
 
 pub mod applier;
 pub mod auth;
+pub mod bootstrap;
 pub mod cluster;
 pub mod compactor;
 pub mod config;
@@ -33,6 +38,9 @@ pub mod maintenance;
 pub mod member;
 pub mod metrics;
 pub mod node;
+pub mod observer;
+pub mod peer;
+pub mod quota;
 pub mod server;
 pub mod stream;
 pub mod validate;

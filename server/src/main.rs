@@ -63,6 +63,17 @@ fn main() -> anyhow::Result<()> {
             let kv = server::server::kv_dir(&data_dir);
             store::snapshot::unpack(&file, &kv)
                 .with_context(|| format!("restoring {}", file.display()))?;
+            // The restored member starts a new cluster (as etcd's restore does): the old
+            // cluster's Raft position and membership do not carry over.
+            let (_, mut writer) = store::Store::open(&kv, &store::BackendOptions::default())
+                .with_context(|| format!("opening {}", kv.display()))?;
+            writer
+                .delete_meta(&[
+                    raftlog::state_machine::META_RAFT_APPLIED,
+                    raftlog::state_machine::META_RAFT_MEMBERSHIP,
+                ])
+                .and_then(|()| writer.sync())
+                .context("resetting the Raft position of the restored store")?;
             println!(
                 "restored snapshot {} into {}",
                 file.display(),
@@ -91,7 +102,9 @@ fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
         other => bail!("unknown --log-level {other:?}"),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn"))
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},h2=warn,hyper=warn,tower=warn,openraft=warn"
+        ))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

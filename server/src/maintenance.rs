@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::errors::{self, EtcdError};
-use crate::node::{Node, SINGLE_NODE_TERM};
+use crate::node::Node;
 
 /// Bytes per snapshot message.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
@@ -103,18 +103,23 @@ impl Maintenance for MaintenanceService {
             .into_iter()
             .map(|(m, a)| alarm_text(m, a))
             .collect();
+        let raft = node.applier.raft().metrics().borrow().clone();
+        let is_learner = raft
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|l| l == node.member.id);
         Ok(Response::new(StatusResponse {
             header: Some(node.header(rev)),
             version: node.config.reported_etcd_version.clone(),
             db_size: node.store.size_on_disk() as i64,
-            leader: node.member.id,
-            // Until the Raft log exists, the applied position is the store revision.
-            raft_index: rev as u64,
-            raft_term: SINGLE_NODE_TERM,
-            raft_applied_index: rev as u64,
+            leader: raft.current_leader.unwrap_or(0),
+            raft_index: raft.last_log_index.unwrap_or(0),
+            raft_term: raft.current_term,
+            raft_applied_index: raft.last_applied.map_or(0, |l| l.index),
             errors,
             db_size_in_use: node.store.size_in_use() as i64,
-            is_learner: false,
+            is_learner,
             storage_version: String::new(),
             db_size_quota: node.config.quota_backend_bytes as i64,
             downgrade_info: None,
@@ -180,7 +185,14 @@ impl Maintenance for MaintenanceService {
         let archive = base.join(format!("snapshot-{}-{n}.db", std::process::id()));
         std::fs::create_dir_all(&base).map_err(|e| Status::internal(e.to_string()))?;
         let _ = std::fs::remove_dir_all(&checkpoint);
-        let rev = self.node.applier.checkpoint(checkpoint.clone()).await?;
+        // A RocksDB checkpoint is consistent by itself; the revision reported is the one
+        // published before it was taken (the checkpoint holds at least that).
+        let rev = self.node.store.current_revision();
+        let (store, cp) = (self.node.store.clone(), checkpoint.clone());
+        tokio::task::spawn_blocking(move || store.checkpoint(&cp))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(errors::from_store)?;
         let (cp, ar) = (checkpoint.clone(), archive.clone());
         let packed = tokio::task::spawn_blocking(move || {
             let r = store::snapshot::pack(&cp, &ar);

@@ -1,4 +1,4 @@
-//! `Node`: what every service handler shares — the store, the write pipeline, the watch hub,
+//! `Node`: what every service handler shares — the store, the write path (Raft), the watch hub,
 //! the lessor, this member's identity and the configuration — and the response header.
 
 use std::sync::Arc;
@@ -12,9 +12,6 @@ use crate::lessor::Lessor;
 use crate::member::Member;
 use crate::metrics::Metrics;
 use crate::watch_hub::WatchHub;
-
-/// Raft term reported until the Raft layer exists: a single member that won its only election.
-pub const SINGLE_NODE_TERM: u64 = 2;
 
 pub struct Node {
     pub config: Config,
@@ -34,8 +31,13 @@ impl Node {
             cluster_id: self.cluster_id,
             member_id: self.member.id,
             revision,
-            raft_term: SINGLE_NODE_TERM,
+            raft_term: self.raft_term(),
         }
+    }
+
+    /// The Raft term this member is in.
+    pub fn raft_term(&self) -> u64 {
+        self.applier.raft().metrics().borrow().current_term
     }
 
     /// A header at the current durable revision.

@@ -1,12 +1,15 @@
-//! `run`: opens the store, starts the apply pipeline and background tasks, serves gRPC and
-//! HTTP on every client URL, and shuts down in a fixed order when `shutdown` resolves: stop
-//! accepting, end watch and keep-alive streams, drain requests, stop background tasks, then
-//! stop the apply pipeline (which has fsynced every acknowledged write).
+//! `run`: opens the store, starts Raft (see `bootstrap`), the peer listener and background
+//! tasks, serves gRPC and HTTP on every client URL, and shuts down in a fixed order when
+//! `shutdown` resolves: stop accepting, end watch and keep-alive streams, drain requests, stop
+//! background tasks and the peer listener, then stop Raft (whose log holds every acknowledged
+//! write, fsynced).
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use etcd_proto::etcdserverpb::auth_server::AuthServer;
+use etcd_proto::etcdserverpb::AlarmType;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
@@ -18,7 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::applier::{Applier, ApplierConfig};
+use crate::applier::{Applier, Waiters};
+use crate::bootstrap;
+use crate::observer::Observer;
+use crate::peer::PeerClients;
 use crate::auth::AuthService;
 use crate::cluster::ClusterService;
 use crate::compactor::{self, Compactor};
@@ -27,7 +33,7 @@ use crate::kv::KvService;
 use crate::lease::{self, LeaseService};
 use crate::lessor::Lessor;
 use crate::maintenance::MaintenanceService;
-use crate::member::{cluster_id, member_id, Member};
+use crate::member::Member;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::watch::WatchService;
@@ -73,7 +79,8 @@ pub async fn run(
             block_cache_bytes: config.block_cache_bytes,
         },
     )?;
-    let id = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
+    let identity = bootstrap::identity(&config)?;
+    let id = identity.member_id;
     let member = Member {
         id,
         name: config.name.clone(),
@@ -88,27 +95,38 @@ pub async fn run(
     for (lease_id, ttl) in store.leases()? {
         lessor.track(lease_id, ttl, now);
     }
-    let applier_cfg = ApplierConfig {
-        member_id: id,
-        quota_backend_bytes: config.quota_backend_bytes,
-    };
-    let (applier, apply_thread) = Applier::start(
-        writer,
-        hub.clone(),
-        metrics.clone(),
-        applier_cfg,
-        compact_tx,
-        lessor.clone(),
-    )
-    .map_err(io_err("starting the apply thread"))?;
+    let raised = store
+        .alarms()?
+        .iter()
+        .any(|&(_, t)| t == AlarmType::Nospace as i32);
+    let nospace = Arc::new(AtomicBool::new(raised));
+    let waiters = Arc::new(Waiters::default());
+    let observer = Arc::new(Observer {
+        store: store.clone(),
+        hub: hub.clone(),
+        lessor: lessor.clone(),
+        compactor: compact_tx,
+        metrics: metrics.clone(),
+        waiters: waiters.clone(),
+        nospace: nospace.clone(),
+    });
+    let raft = bootstrap::start_raft(&config, id, writer, observer).await?;
+    let applier = Applier::new(
+        raft.clone(),
+        id,
+        waiters,
+        PeerClients::new(raft.clone()),
+        nospace,
+        config.election_timeout,
+    );
     let compactor = Compactor::start(store.clone(), compact_rx);
     let node = Arc::new(Node {
-        cluster_id: cluster_id(&[id]),
+        cluster_id: identity.cluster_id,
         member,
         store: store.clone(),
         applier: applier.clone(),
         hub,
-        lessor,
+        lessor: lessor.clone(),
         metrics,
         config: config.clone(),
     });
@@ -122,6 +140,8 @@ pub async fn run(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let peer_server =
+        bootstrap::serve_peers(&config, raft.clone(), id, lessor.clone(), stop_rx.clone()).await?;
     let background = [
         tokio::spawn(lease::run_expiry(node.clone(), stop_rx.clone())),
         tokio::spawn(compactor::run_auto(
@@ -130,6 +150,13 @@ pub async fn run(
             applier.clone(),
             stop_rx.clone(),
         )),
+        tokio::spawn(bootstrap::follow_leadership(
+            raft.clone(),
+            id,
+            lessor,
+            stop_rx.clone(),
+        )),
+        tokio::spawn(crate::quota::run(node.clone(), stop_rx.clone())),
     ];
 
     let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -186,18 +213,12 @@ pub async fn run(
     for task in background {
         let _ = task.await;
     }
-    // The last handles to the pipeline go now; its thread drains and exits.
+    let _ = peer_server.await;
     drop(applier);
-    tokio::task::spawn_blocking(move || apply_thread.join())
-        .await
-        .map_err(|e| ServerError::Io {
-            context: "joining the apply thread".into(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|_| ServerError::Io {
-            context: "apply thread panicked".into(),
-            source: std::io::Error::other("panic"),
-        })?;
+    // Raft stops after the last request: every acknowledged write is in its fsynced log.
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not stop cleanly");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -327,6 +327,11 @@ impl WatchStream {
     }
 
     async fn deliver(&mut self, batch: &EventBatch) -> Result<(), Closed> {
+        if batch.resync {
+            // The store was replaced by a snapshot: what follows each watcher's position is in
+            // the store's history, not in the hub.
+            return self.catch_up_all().await;
+        }
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let w = self.watchers.get(&id).expect("present");

@@ -18,6 +18,8 @@ pub struct EventBatch {
     pub to_rev: i64,
     /// Events in revision order, with `prev_kv` filled where the key existed.
     pub events: Vec<Event>,
+    /// Set when the store jumped (a snapshot was installed): watchers catch up from history.
+    pub resync: bool,
 }
 
 #[derive(Clone)]

@@ -32,3 +32,11 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the error is a failure of the storage itself (not a refusal of the request):
+    /// a replica that hits one must stop rather than carry on with a different state.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, Error::Storage(_) | Error::Corrupt { .. })
+    }
+}

@@ -18,6 +18,7 @@
 //! - [`compact`]: physical compaction beside the writer.
 //! - [`history`]: history as watch events, for watchers catching up.
 //! - [`hash`]: HashKV and Hash, for comparing replicas.
+//! - `restore`: replacing the store's contents with a checkpoint's (Raft snapshot install).
 //! - [`snapshot`]: snapshot archives (pack a checkpoint, verify and unpack it).
 //! - [`error`]: the crate's error type.
 
@@ -32,6 +33,7 @@ pub mod keycodec;
 pub mod mvcc;
 pub mod range;
 pub mod request;
+mod restore;
 pub mod revision;
 pub mod snapshot;
 pub mod store;

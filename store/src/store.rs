@@ -113,6 +113,13 @@ impl Store {
         self.meta_i64(backend::META_APPLIED_INDEX)
     }
 
+    /// A record of the `meta` family as last written (published or not), for the Raft layer's
+    /// own records (applied log id, membership).
+    pub fn meta(&self, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        let db = &self.inner.db;
+        Ok(db.get_cf(db.cf_handle(CF_META).expect("cf"), name)?)
+    }
+
     fn meta_i64(&self, key: &[u8]) -> Result<i64> {
         let db = &self.inner.db;
         match db.get_cf(db.cf_handle(CF_META).expect("cf"), key)? {

@@ -17,9 +17,9 @@ use crate::{Error, Result};
 
 /// The store's only writer; see the module comment.
 pub struct Writer {
-    store: Store,
+    pub(crate) store: Store,
     /// Revision of the last written (not necessarily published) request.
-    rev: i64,
+    pub(crate) rev: i64,
 }
 
 impl Writer {
@@ -40,6 +40,13 @@ impl Writer {
     /// Applies one request: one atomic batch, written but not yet fsynced or visible.
     /// On error nothing was written.
     pub fn apply(&mut self, req: &WriteRequest) -> Result<Applied> {
+        self.apply_with(req, &[])
+    }
+
+    /// Like [`Writer::apply`], with `meta` records (name, value) written to the `meta` family
+    /// in the same atomic batch — the Raft layer records the entry's log id this way, so after
+    /// a crash the store and its applied index always agree.
+    pub fn apply_with(&mut self, req: &WriteRequest, meta: &[(&[u8], &[u8])]) -> Result<Applied> {
         let db = &self.store.inner.db;
         let mut w = Change::new(db, self.rev, self.store.compacted_revision());
         let response = match req {
@@ -131,6 +138,9 @@ impl Writer {
                 backend::encode_i64(new_rev),
             );
         }
+        for (name, value) in meta {
+            w.batch.put_cf(cf(db, CF_META), name, value);
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         db.write_opt(w.batch, &opts)?;
@@ -162,6 +172,30 @@ impl Writer {
                 current: self.rev,
             });
         }
+        Ok(())
+    }
+
+    /// Writes `meta` records (name, value) alone, atomically, without fsync.
+    pub fn write_meta(&mut self, meta: &[(&[u8], &[u8])]) -> Result<()> {
+        let db = &self.store.inner.db;
+        let mut batch = rocksdb::WriteBatch::default();
+        for (name, value) in meta {
+            batch.put_cf(cf(db, CF_META), name, value);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Deletes `meta` records by name, atomically, without fsync.
+    pub fn delete_meta(&mut self, names: &[&[u8]]) -> Result<()> {
+        let db = &self.store.inner.db;
+        let mut batch = rocksdb::WriteBatch::default();
+        for name in names {
+            batch.delete_cf(cf(db, CF_META), name);
+        }
+        db.write(batch)?;
         Ok(())
     }
 

@@ -29,6 +29,10 @@ fn normalize(text: &str) -> String {
         (r"\b[0-9a-f]{12,16}\b", "ID"),
         (r#""(cluster_id|member_id|ID)":\d+"#, r#""$1":N"#),
         (r#""(ClusterID|MemberID)" : \d+"#, r#""$1" : N"#),
+        // Raft terms count elections, which differ between implementations (etcd's first
+        // leader is in term 2, openraft's in term 1), like IDs.
+        (r#""raft_term":\d+"#, r#""raft_term":T"#),
+        (r#""RaftTerm" : \d+"#, r#""RaftTerm" : T"#),
         (r#""lease":[1-9]\d*"#, r#""lease":L"#),
         (r#""id":\d+"#, r#""id":N"#),
         (r"took = [\d.]+[µmn]?s", "took = T"),

@@ -58,6 +58,7 @@ pub struct Server {
     pub kind: Kind,
     pub port: u16,
     pub data_dir: PathBuf,
+    peer_port: u16,
     child: Option<Child>,
     extra: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
@@ -75,6 +76,7 @@ impl Server {
             kind,
             port: 0,
             data_dir,
+            peer_port: 0,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: Some(tmp),
@@ -89,6 +91,7 @@ impl Server {
             kind,
             port: 0,
             data_dir,
+            peer_port: 0,
             child: None,
             extra: vec![],
             _tmp: None,
@@ -109,7 +112,10 @@ impl Server {
         if self.port == 0 {
             self.port = free_port();
         }
-        let peer = free_port();
+        if self.peer_port == 0 {
+            self.peer_port = free_port();
+        }
+        let peer = self.peer_port;
         let bin = match self.kind {
             Kind::Cairn => cairn_bin(),
             Kind::Etcd => etcd_bin_dir()

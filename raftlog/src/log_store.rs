@@ -1,0 +1,310 @@
+//! openraft's log storage over the [`Wal`]: entries are written by `append` and made durable
+//! by a flusher thread that fdatasyncs once for every append queued meanwhile (group commit),
+//! then tells openraft they are flushed, in order. Recent entries are kept decoded in memory
+//! for replication; older ones are read back from the segments (their CRC checked again).
+//!
+//! Beside the log, three small state files (written atomically, see [`crate::meta`]): `vote`,
+//! `committed` and `purged` (the last log id removed after a snapshot). `committed` is only a
+//! hint for replaying faster after a restart, so it is persisted at most once a second; the
+//! vote is persisted before `save_vote` returns.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::meta;
+use crate::proposal::{decode_wal_entry, encode_wal_entry};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::wal::{Wal, WalError, WalOptions};
+
+/// Decoded entries kept in memory (the newest), for followers catching up.
+const CACHE_ENTRIES_MAX: usize = 16 * 1024;
+/// `committed` is a hint; rewriting it costs two fsyncs, so at most this often.
+const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+const VOTE_FILE: &str = "vote";
+const COMMITTED_FILE: &str = "committed";
+const PURGED_FILE: &str = "purged";
+
+struct State {
+    wal: Wal,
+    cache: BTreeMap<u64, Entry>,
+    /// Newest log id removed from the log (entries at or below it are gone even if a kept
+    /// segment still holds them).
+    purged: Option<LogId>,
+    last: Option<LogId>,
+    committed: Option<LogId>,
+    committed_persisted: Option<(Option<LogId>, Instant)>,
+}
+
+/// The log storage; cheap to clone (the clones share one log).
+#[derive(Clone)]
+pub struct LogStore {
+    dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<Option<T>, String> {
+    match meta::read(dir, name).map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", dir.join(name).display())),
+    }
+}
+
+fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), meta::MetaError> {
+    let bytes = serde_json::to_vec(value).expect("log ids and votes serialize");
+    meta::write_atomically(dir, name, &bytes)
+}
+
+impl LogStore {
+    /// Opens the log in `dir`, recovering it (see [`Wal::open`]).
+    pub fn open(dir: &Path) -> Result<LogStore, String> {
+        let wal = Wal::open(dir, WalOptions::default()).map_err(|e| e.to_string())?;
+        let purged: Option<LogId> = read_json(dir, PURGED_FILE)?;
+        let committed: Option<LogId> = read_json(dir, COMMITTED_FILE)?;
+        let mut last = purged;
+        if let Some(index) = wal.last_index().filter(|&i| purged.is_none_or(|p| i > p.index)) {
+            let bytes = wal
+                .get(index)
+                .map_err(|e| e.to_string())?
+                .ok_or("the last log entry vanished")?;
+            last = Some(decode_wal_entry(index, &bytes).map_err(|e| e.to_string())?.log_id);
+        }
+        let state = Arc::new(Mutex::new(State {
+            wal,
+            cache: BTreeMap::new(),
+            purged,
+            last,
+            committed,
+            committed_persisted: None,
+        }));
+        let (flusher, jobs) = mpsc::channel();
+        let shared = state.clone();
+        std::thread::Builder::new()
+            .name("cairn-wal-sync".into())
+            .spawn(move || flush_loop(shared, jobs))
+            .map_err(|e| e.to_string())?;
+        Ok(LogStore {
+            dir: dir.to_path_buf(),
+            state,
+            flusher,
+        })
+    }
+
+    /// The newest entry's log id (after the purged one, if the log is empty).
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.state.lock().expect("log lock").last
+    }
+
+    fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StorageError> {
+        let st = self.state.lock().expect("log lock");
+        let (Some(last), first) = (st.last, st.purged.map_or(0, |p| p.index + 1)) else {
+            return Ok(Vec::new());
+        };
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        }
+        .max(first);
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e,
+            Bound::Excluded(&e) => e.saturating_sub(1),
+            Bound::Unbounded => u64::MAX,
+        }
+        .min(last.index);
+        let mut out = Vec::new();
+        if start > end || range.end_bound() == Bound::Excluded(&0) {
+            return Ok(out);
+        }
+        for index in start..=end {
+            if let Some(e) = st.cache.get(&index) {
+                out.push(e.clone());
+                continue;
+            }
+            let read_err = |e: &dyn std::fmt::Display| {
+                StorageError::from(StorageIOError::read_log_at_index(
+                    index,
+                    &std::io::Error::other(e.to_string()),
+                ))
+            };
+            match st.wal.get(index).map_err(|e| read_err(&e))? {
+                Some(bytes) => out.push(decode_wal_entry(index, &bytes).map_err(|e| read_err(&e))?),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Syncs the log for every queued append at once, then reports them flushed, in order.
+fn flush_loop(state: Arc<Mutex<State>>, jobs: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut batch = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        batch.extend(jobs.try_iter());
+        let handle = state.lock().expect("log lock").wal.sync_handle();
+        let result = match handle {
+            Some((file, path)) => file
+                .sync_data()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            None => Ok(()),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft log fdatasync failed");
+        }
+        for cb in batch.drain(..) {
+            cb.log_io_completed(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+    }
+}
+
+fn io_error(e: WalError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.entries(range)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let st = self.state.lock().expect("log lock");
+        Ok(LogState {
+            last_purged_log_id: st.purged,
+            last_log_id: st.last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        write_json(&self.dir, VOTE_FILE, vote)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        read_json(&self.dir, VOTE_FILE)
+            .map_err(|e| StorageIOError::read_vote(&std::io::Error::other(e)).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let mut st = self.state.lock().expect("log lock");
+        st.committed = committed;
+        let due = st
+            .committed_persisted
+            .is_none_or(|(c, at)| c != committed && at.elapsed() >= COMMITTED_PERSIST_INTERVAL);
+        if due {
+            write_json(&self.dir, COMMITTED_FILE, &committed)
+                .map_err(|e| StorageIOError::write(&e))?;
+            st.committed_persisted = Some((committed, Instant::now()));
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.state.lock().expect("log lock").committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| (e.log_id.index, encode_wal_entry(e)))
+            .collect();
+        {
+            let mut st = self.state.lock().expect("log lock");
+            st.wal
+                .append(encoded.iter().map(|(i, b)| (*i, b.as_slice())))
+                .map_err(|e| StorageIOError::write_logs(&io_error(e)))?;
+            if let Some(e) = entries.last() {
+                st.last = Some(e.log_id);
+            }
+            for e in entries {
+                st.cache.insert(e.log_id.index, e);
+            }
+            while st.cache.len() > CACHE_ENTRIES_MAX {
+                st.cache.pop_first();
+            }
+        }
+        // The flusher syncs after taking this job, so the sync covers the write above.
+        self.flusher
+            .send(callback)
+            .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("log flusher stopped")))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut st = self.state.lock().expect("log lock");
+        tracing::info!(from = log_id.index, "truncating a conflicting log suffix");
+        st.wal
+            .truncate_from(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&io_error(e)))?;
+        st.cache.split_off(&log_id.index);
+        st.last = match log_id.index.checked_sub(1) {
+            Some(prev) if st.purged.is_none_or(|p| prev > p.index) => {
+                match st.cache.get(&prev) {
+                    Some(e) => Some(e.log_id),
+                    None => {
+                        let bytes = st
+                            .wal
+                            .get(prev)
+                            .map_err(|e| StorageIOError::read_logs(&io_error(e)))?;
+                        match bytes {
+                            Some(b) => Some(
+                                decode_wal_entry(prev, &b)
+                                    .map_err(|e| StorageIOError::read_logs(&e))?
+                                    .log_id,
+                            ),
+                            None => st.purged,
+                        }
+                    }
+                }
+            }
+            _ => st.purged,
+        };
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut st = self.state.lock().expect("log lock");
+        // Record the purge first: if the segments go and the record does not, the log would
+        // look like it starts later than it does.
+        write_json(&self.dir, PURGED_FILE, &Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
+        st.purged = Some(log_id);
+        if st.last.is_none_or(|l| l.index < log_id.index) {
+            st.last = Some(log_id);
+        }
+        st.wal
+            .purge_to(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&io_error(e)))?;
+        st.cache = st.cache.split_off(&(log_id.index + 1));
+        Ok(())
+    }
+}

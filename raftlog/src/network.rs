@@ -1,0 +1,344 @@
+//! The Raft transport over gRPC: the client half ([`Network`], one per peer, made by
+//! [`NetworkFactory`]) and the server half ([`RaftService`]). Channels connect lazily and
+//! reconnect on their own; openraft backs off from a peer that is unreachable. Messages are
+//! Cairn's peer protobufs (`etcd-proto/proto/cairn_raft.proto`); entries carry the same
+//! payload bytes the log stores.
+
+use std::time::Duration;
+
+use etcd_proto::cairnraftpb as pb;
+use etcd_proto::cairnraftpb::raft_client::RaftClient;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::LeaderId;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::proposal::{decode_payload, encode_payload};
+use crate::types::{log_id, Entry, LogId, Member, NodeId, Raft, TypeConfig, Vote};
+
+/// Largest peer message (a batch of entries or a snapshot chunk) either side accepts.
+pub const PEER_MESSAGE_MAX: usize = 256 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+// ---- conversions ----------------------------------------------------------------------------
+
+pub fn vote_to_pb(v: &Vote) -> pb::Vote {
+    pb::Vote {
+        term: v.leader_id.term,
+        node_id: v.leader_id.node_id,
+        committed: v.committed,
+    }
+}
+
+pub fn vote_from_pb(v: Option<pb::Vote>) -> Vote {
+    let v = v.unwrap_or_default();
+    Vote {
+        leader_id: LeaderId::new(v.term, v.node_id),
+        committed: v.committed,
+    }
+}
+
+pub fn log_id_to_pb(l: Option<LogId>) -> Option<pb::LogId> {
+    l.map(|l| pb::LogId {
+        term: l.leader_id.term,
+        node_id: l.leader_id.node_id,
+        index: l.index,
+    })
+}
+
+pub fn log_id_from_pb(l: Option<pb::LogId>) -> Option<LogId> {
+    l.map(|l| log_id(l.term, l.node_id, l.index))
+}
+
+fn entry_to_pb(e: &Entry) -> pb::Entry {
+    let mut payload = Vec::new();
+    encode_payload(&e.payload, &mut payload);
+    pb::Entry {
+        term: e.log_id.leader_id.term,
+        node_id: e.log_id.leader_id.node_id,
+        index: e.log_id.index,
+        payload,
+    }
+}
+
+fn entry_from_pb(e: pb::Entry) -> Result<Entry, Status> {
+    Ok(Entry {
+        log_id: log_id(e.term, e.node_id, e.index),
+        payload: decode_payload(&e.payload).map_err(|e| Status::invalid_argument(e.to_string()))?,
+    })
+}
+
+fn error_json<E: serde::Serialize>(e: &E) -> Vec<u8> {
+    serde_json::to_vec(e).unwrap_or_default()
+}
+
+// ---- client ---------------------------------------------------------------------------------
+
+/// Makes a [`Network`] per peer, addressed by the first of its peer URLs.
+#[derive(Clone, Default)]
+pub struct NetworkFactory;
+
+/// The connection to one peer.
+pub struct Network {
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+/// A lazily connecting channel to a peer URL.
+pub fn peer_channel(url: &str) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| format!("{url}: {e}"))?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Network {
+        let client = node
+            .peer_urls
+            .first()
+            .ok_or_else(|| format!("member {target:x} has no peer URL"))
+            .and_then(|url| peer_channel(url))
+            .map(|ch| {
+                RaftClient::new(ch)
+                    .max_decoding_message_size(PEER_MESSAGE_MAX)
+                    .max_encoding_message_size(PEER_MESSAGE_MAX)
+            });
+        Network { target, client }
+    }
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
+
+fn transport_err<E: std::error::Error>(status: Status) -> RpcErr<E> {
+    let io = std::io::Error::other(status.to_string());
+    match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&io)),
+        _ => RPCError::Network(NetworkError::new(&io)),
+    }
+}
+
+impl Network {
+    fn client<E: std::error::Error>(
+        &self,
+    ) -> Result<RaftClient<Channel>, RpcErr<E>> {
+        self.client.clone().map_err(|e| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
+        })
+    }
+
+    fn remote<E>(&self, error: &[u8]) -> Option<RpcErr<E>>
+    where
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        if error.is_empty() {
+            return None;
+        }
+        let e: RaftError<NodeId, E> = serde_json::from_slice(error).ok()?;
+        Some(RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn with_timeout<T>(msg: T, option: &RPCOption) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.set_timeout(option.hard_ttl());
+    req
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let msg = pb::AppendEntriesRequest {
+            vote: Some(vote_to_pb(&rpc.vote)),
+            prev_log_id: log_id_to_pb(rpc.prev_log_id),
+            entries: rpc.entries.iter().map(entry_to_pb).collect(),
+            leader_commit: log_id_to_pb(rpc.leader_commit),
+        };
+        let resp = self
+            .client()?
+            .append_entries(with_timeout(msg, &option))
+            .await
+            .map_err(transport_err)?
+            .into_inner();
+        if let Some(e) = self.remote(&resp.error) {
+            return Err(e);
+        }
+        use pb::append_entries_response::Result as R;
+        Ok(match R::try_from(resp.result).unwrap_or(R::Success) {
+            R::Success => AppendEntriesResponse::Success,
+            R::PartialSuccess => AppendEntriesResponse::PartialSuccess(log_id_from_pb(resp.matched)),
+            R::Conflict => AppendEntriesResponse::Conflict,
+            R::HigherVote => AppendEntriesResponse::HigherVote(vote_from_pb(resp.vote)),
+        })
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        let msg = pb::InstallSnapshotRequest {
+            vote: Some(vote_to_pb(&rpc.vote)),
+            meta: serde_json::to_vec(&rpc.meta).expect("snapshot metadata serializes"),
+            offset: rpc.offset,
+            data: rpc.data,
+            done: rpc.done,
+        };
+        let resp = self
+            .client()?
+            .install_snapshot(with_timeout(msg, &option))
+            .await
+            .map_err(transport_err)?
+            .into_inner();
+        if let Some(e) = self.remote(&resp.error) {
+            return Err(e);
+        }
+        Ok(InstallSnapshotResponse {
+            vote: vote_from_pb(resp.vote),
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        let msg = pb::VoteRequest {
+            vote: Some(vote_to_pb(&rpc.vote)),
+            last_log_id: log_id_to_pb(rpc.last_log_id),
+        };
+        let resp = self
+            .client()?
+            .vote(with_timeout(msg, &option))
+            .await
+            .map_err(transport_err)?
+            .into_inner();
+        if let Some(e) = self.remote(&resp.error) {
+            return Err(e);
+        }
+        Ok(VoteResponse {
+            vote: vote_from_pb(resp.vote),
+            vote_granted: resp.vote_granted,
+            last_log_id: log_id_from_pb(resp.last_log_id),
+        })
+    }
+}
+
+// ---- server ---------------------------------------------------------------------------------
+
+/// The Raft RPCs of one member, served on its peer port.
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> RaftService {
+        RaftService { raft }
+    }
+
+    /// The tonic service, with the peer message size limits.
+    pub fn into_server(self) -> pb::raft_server::RaftServer<RaftService> {
+        pb::raft_server::RaftServer::new(self)
+            .max_decoding_message_size(PEER_MESSAGE_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let r = req.into_inner();
+        let rpc = AppendEntriesRequest {
+            vote: vote_from_pb(r.vote),
+            prev_log_id: log_id_from_pb(r.prev_log_id),
+            entries: r
+                .entries
+                .into_iter()
+                .map(entry_from_pb)
+                .collect::<Result<_, _>>()?,
+            leader_commit: log_id_from_pb(r.leader_commit),
+        };
+        use pb::append_entries_response::Result as R;
+        let mut out = pb::AppendEntriesResponse::default();
+        match self.raft.append_entries(rpc).await {
+            Ok(AppendEntriesResponse::Success) => out.result = R::Success as i32,
+            Ok(AppendEntriesResponse::PartialSuccess(m)) => {
+                out.result = R::PartialSuccess as i32;
+                out.matched = log_id_to_pb(m);
+            }
+            Ok(AppendEntriesResponse::Conflict) => out.result = R::Conflict as i32,
+            Ok(AppendEntriesResponse::HigherVote(v)) => {
+                out.result = R::HigherVote as i32;
+                out.vote = Some(vote_to_pb(&v));
+            }
+            Err(e) => out.error = error_json(&e),
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let r = req.into_inner();
+        let rpc = VoteRequest {
+            vote: vote_from_pb(r.vote),
+            last_log_id: log_id_from_pb(r.last_log_id),
+        };
+        let out = match self.raft.vote(rpc).await {
+            Ok(v) => pb::VoteResponse {
+                vote: Some(vote_to_pb(&v.vote)),
+                vote_granted: v.vote_granted,
+                last_log_id: log_id_to_pb(v.last_log_id),
+                error: Vec::new(),
+            },
+            Err(e) => pb::VoteResponse {
+                error: error_json(&e),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(out))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<pb::InstallSnapshotRequest>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let meta = serde_json::from_slice(&r.meta)
+            .map_err(|e| Status::invalid_argument(format!("snapshot metadata: {e}")))?;
+        let rpc = InstallSnapshotRequest {
+            vote: vote_from_pb(r.vote),
+            meta,
+            offset: r.offset,
+            data: r.data,
+            done: r.done,
+        };
+        let out = match self.raft.install_snapshot(rpc).await {
+            Ok(v) => pb::InstallSnapshotResponse {
+                vote: Some(vote_to_pb(&v.vote)),
+                error: Vec::new(),
+            },
+            Err(e) => pb::InstallSnapshotResponse {
+                vote: None,
+                error: error_json(&e),
+            },
+        };
+        Ok(Response::new(out))
+    }
+}

@@ -1,0 +1,201 @@
+//! What a member asks of the leader on behalf of its clients, over the peer port: forwarded
+//! proposals, read index, lease keep-alive and time-to-live. [`PeerClients`] is the asking
+//! side (one lazily connected channel per member, addressed by its first peer URL, taken from
+//! the current membership); [`PeerService`] the answering side, which refuses with
+//! [`NOT_LEADER`] when this member is not the leader so the asker can look again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use etcd_proto::cairnraftpb as pb;
+use etcd_proto::cairnraftpb::peer_client::PeerClient;
+use etcd_proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
+use openraft::error::{ClientWriteError, RaftError};
+use raftlog::network::{peer_channel, PEER_MESSAGE_MAX};
+use raftlog::{Proposal, Raft};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::errors::EtcdError;
+use crate::lessor::Lessor;
+
+/// The message of a peer's refusal because it is not the leader.
+pub const NOT_LEADER: &str = "cairn: not the leader";
+
+pub fn is_not_leader(s: &Status) -> bool {
+    s.code() == tonic::Code::FailedPrecondition && s.message() == NOT_LEADER
+}
+
+fn not_leader() -> Status {
+    Status::failed_precondition(NOT_LEADER)
+}
+
+/// Channels to the other members.
+#[derive(Clone)]
+pub struct PeerClients {
+    raft: Raft,
+    channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
+}
+
+impl PeerClients {
+    pub fn new(raft: Raft) -> PeerClients {
+        PeerClients {
+            raft,
+            channels: Arc::default(),
+        }
+    }
+
+    fn client(&self, member: u64) -> Result<PeerClient<Channel>, Status> {
+        let url = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&member)
+                .and_then(|n| n.peer_urls.first().cloned())
+        }
+        .ok_or_else(|| Status::from(EtcdError::NoLeader))?;
+        let mut channels = self.channels.lock().expect("peer channels lock");
+        let channel = match channels.get(&(member, url.clone())) {
+            Some(c) => c.clone(),
+            None => {
+                let c = peer_channel(&url).map_err(Status::internal)?;
+                channels.insert((member, url), c.clone());
+                c
+            }
+        };
+        Ok(PeerClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_MAX))
+    }
+
+    /// Asks the leader to append a proposal.
+    pub async fn propose(&self, leader: u64, req: pb::InternalRequest) -> Result<(), Status> {
+        self.client(leader)?.propose(req).await.map(|_| ())
+    }
+
+    /// Asks the leader for the index a linearizable read must wait for.
+    pub async fn read_index(&self, leader: u64) -> Result<u64, Status> {
+        Ok(self
+            .client(leader)?
+            .read_index(pb::ReadIndexRequest {})
+            .await?
+            .into_inner()
+            .index)
+    }
+
+    pub async fn lease_keep_alive(&self, leader: u64, id: i64) -> Result<i64, Status> {
+        Ok(self
+            .client(leader)?
+            .lease_keep_alive(LeaseKeepAliveRequest { id })
+            .await?
+            .into_inner()
+            .ttl)
+    }
+
+    /// The leader's view of a lease: (remaining TTL, granted TTL); `None` if unknown.
+    pub async fn lease_time_to_live(&self, leader: u64, id: i64) -> Result<Option<(i64, i64)>, Status> {
+        let r = self
+            .client(leader)?
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+            .await?
+            .into_inner();
+        Ok((r.ttl != -1).then_some((r.ttl, r.granted_ttl)))
+    }
+}
+
+/// The answering side, served on the peer port.
+pub struct PeerService {
+    raft: Raft,
+    member_id: u64,
+    lessor: Arc<Lessor>,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft, member_id: u64, lessor: Arc<Lessor>) -> PeerService {
+        PeerService {
+            raft,
+            member_id,
+            lessor,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.member_id)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn propose(
+        &self,
+        req: Request<pb::InternalRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let proposal = Proposal::from_internal(req.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.raft.client_write(proposal).await {
+            Ok(r) => Ok(Response::new(pb::ProposeResponse {
+                index: r.log_id.index,
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(not_leader()),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        match self.raft.ensure_linearizable().await {
+            Ok(read) => Ok(Response::new(pb::ReadIndexResponse {
+                index: read.map_or(0, |l| l.index),
+            })),
+            Err(RaftError::APIError(_)) => Err(not_leader()),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        if !self.is_leader() {
+            return Err(not_leader());
+        }
+        let id = req.into_inner().id;
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: None,
+            id,
+            ttl: self.lessor.keep_alive(id).unwrap_or(0),
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        if !self.is_leader() {
+            return Err(not_leader());
+        }
+        let id = req.into_inner().id;
+        let (ttl, granted_ttl) = self.lessor.remaining(id, Instant::now()).unwrap_or((-1, 0));
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header: None,
+            id,
+            ttl,
+            granted_ttl,
+            keys: Vec::new(),
+        }))
+    }
+
+    async fn change_member(
+        &self,
+        _req: Request<pb::MemberChangeRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        Err(crate::errors::unimplemented("member changes"))
+    }
+}

@@ -1,0 +1,61 @@
+//! Replacing the whole store with another one's contents (a Raft snapshot installed on a
+//! member that fell too far behind). The live database is kept open — readers hold handles to
+//! it — and rewritten: every family emptied, then filled from the source checkpoint, in
+//! bounded batches. The caller makes the whole operation restartable (see raftlog's snapshot
+//! install), since a crash part-way leaves a mix.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+
+use crate::backend::{self, BackendOptions, CF_KEY, CF_LEASE, CF_META, CF_REV};
+use crate::store::NEVER_COMPACTED;
+use crate::writer::{cf, Writer};
+use crate::Result;
+
+/// Records written per batch while copying.
+const COPY_BATCH_MAX: usize = 4096;
+
+impl Writer {
+    /// Replaces the store's contents with those of the store in `src` (a checkpoint), makes
+    /// them durable, and publishes the new state: current and compacted revision included.
+    pub fn restore_from(&mut self, src: &Path) -> Result<()> {
+        let source = backend::open(src, &BackendOptions::default())?;
+        let db = &self.store.inner.db;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        for name in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
+            let live = cf(db, name);
+            let mut batch = WriteBatch::default();
+            for item in db.iterator_cf(live, IteratorMode::Start) {
+                let (k, _) = item?;
+                batch.delete_cf(live, k);
+                if batch.len() >= COPY_BATCH_MAX {
+                    db.write_opt(std::mem::take(&mut batch), &opts)?;
+                }
+            }
+            for item in source.iterator_cf(cf(&source, name), IteratorMode::Start) {
+                let (k, v) = item?;
+                batch.put_cf(live, k, v);
+                if batch.len() >= COPY_BATCH_MAX {
+                    db.write_opt(std::mem::take(&mut batch), &opts)?;
+                }
+            }
+            db.write_opt(batch, &opts)?;
+        }
+        db.flush_wal(true)?;
+        let read_i64 = |key: &[u8]| -> Result<Option<i64>> {
+            match db.get_cf(cf(db, CF_META), key)? {
+                Some(v) => Ok(Some(backend::decode_i64(CF_META, &v)?)),
+                None => Ok(None),
+            }
+        };
+        let current = read_i64(backend::META_CURRENT_REV)?.unwrap_or(0).max(1);
+        let compacted = read_i64(backend::META_SCHEDULED_COMPACT)?.unwrap_or(NEVER_COMPACTED);
+        self.rev = current;
+        self.store.inner.compacted.store(compacted, Ordering::Release);
+        self.publish();
+        Ok(())
+    }
+}
