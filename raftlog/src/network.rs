@@ -1,10 +1,14 @@
 //! The Raft transport over gRPC: the client half ([`Network`], one per peer, made by
 //! [`NetworkFactory`]) and the server half ([`RaftService`]). Channels connect lazily and
-//! reconnect on their own; openraft backs off from a peer that is unreachable. Messages are
+//! reconnect on their own; openraft backs off from a peer that is unreachable. A leader
+//! refuses votes from members no longer in its membership, which tells them they were removed. Messages are
 //! Cairn's peer protobufs (`etcd-proto/proto/cairn_raft.proto`); entries carry the same
 //! payload bytes the log stores.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use etcd_proto::cairnraftpb as pb;
 use etcd_proto::cairnraftpb::raft_client::RaftClient;
@@ -81,14 +85,22 @@ fn error_json<E: serde::Serialize>(e: &E) -> Vec<u8> {
 
 // ---- client ---------------------------------------------------------------------------------
 
-/// Makes a [`Network`] per peer, addressed by the first of its peer URLs.
+/// The refusal a leader sends a member that is no longer in the cluster and asks for votes.
+pub const REMOVED: &str = "cairn: the member has been permanently removed from the cluster";
+
+/// Makes a [`Network`] per peer, addressed by the first of its peer URLs. `removed` is
+/// notified when a leader answers that this member was removed from the cluster (as etcd's
+/// members learn it), so the member can stop.
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    pub removed: Arc<Notify>,
+}
 
 /// The connection to one peer.
 pub struct Network {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
+    removed: Arc<Notify>,
 }
 
 /// A lazily connecting channel to a peer URL.
@@ -116,7 +128,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
                     .max_decoding_message_size(PEER_MESSAGE_MAX)
                     .max_encoding_message_size(PEER_MESSAGE_MAX)
             });
-        Network { target, client }
+        Network {
+            target,
+            client,
+            removed: self.removed.clone(),
+        }
     }
 }
 
@@ -222,12 +238,16 @@ impl RaftNetwork<TypeConfig> for Network {
             vote: Some(vote_to_pb(&rpc.vote)),
             last_log_id: log_id_to_pb(rpc.last_log_id),
         };
-        let resp = self
-            .client()?
-            .vote(with_timeout(msg, &option))
-            .await
-            .map_err(transport_err)?
-            .into_inner();
+        let resp = match self.client()?.vote(with_timeout(msg, &option)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                if s.code() == tonic::Code::FailedPrecondition && s.message() == REMOVED {
+                    tracing::warn!(leader = format!("{:x}", self.target), "{REMOVED}");
+                    self.removed.notify_one();
+                }
+                return Err(transport_err(s));
+            }
+        };
         if let Some(e) = self.remote(&resp.error) {
             return Err(e);
         }
@@ -300,6 +320,18 @@ impl pb::raft_server::Raft for RaftService {
             vote: vote_from_pb(r.vote),
             last_log_id: log_id_from_pb(r.last_log_id),
         };
+        let removed = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.current_leader == Some(m.id)
+                && m.membership_config
+                    .membership()
+                    .get_node(&rpc.vote.leader_id.node_id)
+                    .is_none()
+        };
+        if removed {
+            return Err(Status::failed_precondition(REMOVED));
+        }
         let out = match self.raft.vote(rpc).await {
             Ok(v) => pb::VoteResponse {
                 vote: Some(vote_to_pb(&v.vote)),

@@ -16,6 +16,8 @@ use store::{Applied, WriteRequest};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
+use etcd_proto::cairnraftpb::{MemberAttrs, MemberChangeRequest};
+
 use crate::errors::{self, EtcdError};
 use crate::lessor::Lessor;
 use crate::peer::PeerClients;
@@ -217,7 +219,7 @@ impl Applier {
     /// (0 if it is unknown or expired, as etcd answers).
     pub async fn lease_keep_alive(&self, lessor: &Lessor, id: i64) -> Result<i64, Status> {
         self.on_leader(
-            || lessor.keep_alive(id).unwrap_or(0),
+            || async { Ok(lessor.keep_alive(id).unwrap_or(0)) },
             |leader| self.peers.lease_keep_alive(leader, id),
         )
         .await
@@ -230,34 +232,50 @@ impl Applier {
         id: i64,
     ) -> Result<Option<(i64, i64)>, Status> {
         self.on_leader(
-            || lessor.remaining(id, tokio::time::Instant::now()),
+            || async { Ok(lessor.remaining(id, tokio::time::Instant::now())) },
             |leader| self.peers.lease_time_to_live(leader, id),
+        )
+        .await
+    }
+
+    /// Makes a membership change on the leader; returns the member added, if any.
+    pub async fn change_member(&self, req: MemberChangeRequest) -> Result<Option<MemberAttrs>, Status> {
+        self.on_leader(
+            || crate::membership::change(&self.raft, req.clone()),
+            |leader| self.peers.change_member(leader, req.clone()),
         )
         .await
     }
 
     /// Runs `local` if this member leads, else asks the leader with `remote`; waits for a
     /// leader and retries while leadership moves, up to the request timeout.
-    async fn on_leader<T, F, R>(&self, local: impl Fn() -> T, remote: R) -> Result<T, Status>
+    pub async fn on_leader<T, L, LF, R, RF>(&self, local: L, remote: R) -> Result<T, Status>
     where
-        R: Fn(u64) -> F,
-        F: std::future::Future<Output = Result<T, Status>>,
+        L: Fn() -> LF,
+        LF: std::future::Future<Output = Result<T, Status>>,
+        R: Fn(u64) -> RF,
+        RF: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         loop {
-            match self.leader() {
-                Some(leader) if leader == self.member_id => return Ok(local()),
-                Some(leader) => match remote(leader).await {
-                    Err(e) if crate::peer::is_not_leader(&e) => {}
-                    other => return other,
-                },
-                None => {}
+            let result = match self.leader() {
+                Some(leader) if leader == self.member_id => local().await,
+                Some(leader) => remote(leader).await,
+                None => Err(Status::failed_precondition(crate::peer::NOT_LEADER)),
+            };
+            match result {
+                Err(e) if crate::peer::is_not_leader(&e) => {}
+                other => return other,
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(EtcdError::NoLeader.into());
             }
             tokio::time::sleep(NO_LEADER_WAIT).await;
         }
+    }
+
+    pub fn peers(&self) -> &PeerClients {
+        &self.peers
     }
 
     /// Whether the NOSPACE alarm is raised (as last applied).

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use etcd_proto::cairnraftpb::peer_client::PeerClient;
+use etcd_proto::cairnraftpb::{member_change_request::Kind, MemberAttrs, MemberChangeRequest, MembersRequest};
 use futures::StreamExt;
 use openraft::SnapshotPolicy;
 use raftlog::network::{NetworkFactory, RaftService};
@@ -21,10 +23,6 @@ use crate::lessor::Lessor;
 use crate::member::member_id;
 use crate::peer::PeerService;
 use crate::server::ServerError;
-
-/// Log entries kept after a snapshot so a briefly lagging follower catches up from the log
-/// (etcd's snapshotCatchUpEntries).
-const CATCH_UP_ENTRIES: u64 = 5000;
 
 fn raft_err(context: &str) -> impl FnOnce(String) -> ServerError + '_ {
     move |e| ServerError::Io {
@@ -60,11 +58,15 @@ pub struct Identity {
 }
 
 const IDENTITY_FILE: &str = "identity";
+/// Rounds of asking the other members before a joining member gives up.
+const JOIN_ATTEMPTS: usize = 20;
 
 /// The member and cluster IDs: read from the data directory, or — on first start — derived
-/// from the flags as etcd derives them and recorded. As with etcd, the clustering flags only
-/// matter the first time; a restarted member keeps its IDs whatever its flags say now.
-pub fn identity(config: &Config) -> Result<Identity, ServerError> {
+/// from the flags as etcd derives them (a new cluster), or learned from the cluster's members
+/// (`--initial-cluster-state existing`: the member was added by MemberAdd and finds itself by
+/// its peer URLs), and recorded. As with etcd, the clustering flags only matter the first
+/// time; a restarted member keeps its IDs whatever its flags say now.
+pub async fn identity(config: &Config) -> Result<Identity, ServerError> {
     let dir = config.data_dir.join("member");
     std::fs::create_dir_all(&dir).map_err(|source| ServerError::Io {
         context: format!("creating {}", dir.display()),
@@ -74,15 +76,64 @@ pub fn identity(config: &Config) -> Result<Identity, ServerError> {
     if let Some(bytes) = raftlog::meta::read(&dir, IDENTITY_FILE).map_err(|e| err(e.to_string()))? {
         return serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()));
     }
-    let member_id = member_id(&config.advertise_peer_urls, &config.initial_cluster_token);
-    let ids: Vec<u64> = initial_members(config).into_keys().collect();
-    let id = Identity {
-        member_id,
-        cluster_id: crate::member::cluster_id(&ids),
+    let id = if config.initial_cluster_new {
+        let ids: Vec<u64> = initial_members(config).into_keys().collect();
+        Identity {
+            member_id: member_id(&config.advertise_peer_urls, &config.initial_cluster_token),
+            cluster_id: crate::member::cluster_id(&ids),
+        }
+    } else {
+        identity_from_cluster(config).await.map_err(err)?
     };
     let json = serde_json::to_vec(&id).expect("identity serializes");
     raftlog::meta::write_atomically(&dir, IDENTITY_FILE, &json).map_err(|e| err(e.to_string()))?;
     Ok(id)
+}
+
+/// Asks the other members of `--initial-cluster` who this member is.
+async fn identity_from_cluster(config: &Config) -> Result<Identity, String> {
+    let mut mine = config.advertise_peer_urls.clone();
+    mine.sort();
+    let others: Vec<&String> = config
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| *name != config.name)
+        .flat_map(|(_, urls)| urls.iter())
+        .collect();
+    let mut last_error = String::from("--initial-cluster names no other member");
+    for _attempt in 0..JOIN_ATTEMPTS {
+        for url in &others {
+            let asked = async {
+                let channel = raftlog::network::peer_channel(url)?;
+                let resp = PeerClient::new(channel)
+                    .members(MembersRequest {})
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner();
+                let me = resp.members.iter().find(|m| {
+                    let mut urls = m.peer_urls.clone();
+                    urls.sort();
+                    urls == mine
+                });
+                match me {
+                    Some(m) => Ok(Identity {
+                        member_id: m.id,
+                        cluster_id: resp.cluster_id,
+                    }),
+                    None => Err(format!(
+                        "no member with peer URLs {} (add it with `etcdctl member add` first)",
+                        mine.join(",")
+                    )),
+                }
+            };
+            match asked.await {
+                Ok(id) => return Ok(id),
+                Err(e) => last_error = format!("{url}: {e}"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Err(format!("cannot fetch cluster info from peer urls: {last_error}"))
 }
 
 /// Opens the log and state machine and starts openraft.
@@ -91,6 +142,7 @@ pub async fn start_raft(
     id: u64,
     writer: Writer,
     observer: Arc<dyn ApplyObserver>,
+    removed: Arc<tokio::sync::Notify>,
 ) -> Result<Raft, ServerError> {
     let member_dir = config.data_dir.join("member");
     let log = LogStore::open(&member_dir.join("wal")).map_err(raft_err("opening the raft log"))?;
@@ -104,13 +156,14 @@ pub async fn start_raft(
         election_timeout_max: election * 2,
         install_snapshot_timeout: election.max(1000) * 10,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-        max_in_snapshot_log_to_keep: CATCH_UP_ENTRIES,
+        // Entries kept after a snapshot so a briefly lagging follower catches up from the log.
+        max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
         max_payload_entries: 256,
         ..Default::default()
     }
     .validate()
     .map_err(|e| raft_err("raft configuration")(e.to_string()))?;
-    let raft = Raft::new(id, Arc::new(rc), NetworkFactory, log, sm)
+    let raft = Raft::new(id, Arc::new(rc), NetworkFactory { removed }, log, sm)
         .await
         .map_err(|e| raft_err("starting raft")(e.to_string()))?;
     let initialized = raft
@@ -138,7 +191,7 @@ pub async fn start_raft(
 pub async fn serve_peers(
     config: &Config,
     raft: Raft,
-    member_id: u64,
+    identity: Identity,
     lessor: Arc<Lessor>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
@@ -159,7 +212,8 @@ pub async fn serve_peers(
     });
     let peer = etcd_proto::cairnraftpb::peer_server::PeerServer::new(PeerService::new(
         raft.clone(),
-        member_id,
+        identity.member_id,
+        identity.cluster_id,
         lessor,
     ))
     .max_decoding_message_size(raftlog::network::PEER_MESSAGE_MAX);
@@ -176,17 +230,35 @@ pub async fn serve_peers(
     }))
 }
 
-/// Follows leadership: when this member becomes leader it gives every lease a full TTL.
+/// Follows leadership and membership: when this member becomes leader it gives every lease a
+/// full TTL; when it has been removed from the cluster it asks the server to stop (`removed`),
+/// as an etcd member does.
 pub async fn follow_leadership(
     raft: Raft,
     member_id: u64,
     lessor: Arc<Lessor>,
+    removed: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut metrics = raft.metrics();
     let mut leading = false;
+    let mut was_member = false;
     loop {
-        let now_leading = metrics.borrow_and_update().current_leader == Some(member_id);
+        let (now_leading, is_member) = {
+            let m = metrics.borrow_and_update();
+            let membership = m.membership_config.membership();
+            let is_member = membership.get_node(&member_id).is_some();
+            (m.current_leader == Some(member_id), is_member)
+        };
+        if was_member && !is_member {
+            tracing::warn!(
+                member_id = format!("{member_id:x}"),
+                "the member has been permanently removed from the cluster; stopping"
+            );
+            removed.notify_one();
+            return;
+        }
+        was_member |= is_member;
         if now_leading && !leading {
             tracing::info!(member_id = format!("{member_id:x}"), "became leader; refreshing lease TTLs");
             lessor.refresh_all(tokio::time::Instant::now());
@@ -194,6 +266,40 @@ pub async fn follow_leadership(
         leading = now_leading;
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Publishes this member's name and client URLs into the membership (etcd's `publish`), once
+/// a leader is there to take it; retries until it is recorded or `stop` fires.
+pub async fn publish(applier: crate::applier::Applier, me: crate::member::Member, mut stop: watch::Receiver<bool>) {
+    loop {
+        let recorded = crate::membership::members(applier.raft())
+            .into_iter()
+            .any(|m| m.id == me.id && m.name == me.name && m.client_urls == me.client_urls);
+        if recorded {
+            tracing::info!(name = %me.name, "published local member to cluster");
+            return;
+        }
+        if applier.leader().is_some() {
+            let req = MemberChangeRequest {
+                kind: Kind::Publish as i32,
+                member: Some(MemberAttrs {
+                    id: me.id,
+                    name: me.name.clone(),
+                    peer_urls: me.peer_urls.clone(),
+                    client_urls: me.client_urls.clone(),
+                    is_learner: false,
+                }),
+                is_learner: false,
+            };
+            if let Err(e) = applier.change_member(req).await {
+                tracing::debug!(error = %e, "publishing member attributes failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
             _ = stop.changed() => return,
         }
     }

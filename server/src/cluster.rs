@@ -1,8 +1,10 @@
-//! The Cluster service for a single member: MemberList reports this member; membership
-//! changes need the Raft cluster and answer etcd's errors or "unimplemented" until then.
+//! The Cluster service: MemberList from the membership config this member has applied (after
+//! a read barrier when asked to be linearizable), and etcd's membership changes, made by the
+//! leader whichever member the client asked (see `membership`).
 
 use std::sync::Arc;
 
+use etcd_proto::cairnraftpb::{member_change_request::Kind, MemberAttrs, MemberChangeRequest};
 use etcd_proto::etcdserverpb::cluster_server::Cluster;
 use etcd_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -11,7 +13,7 @@ use etcd_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::errors::{self, EtcdError};
+use crate::membership;
 use crate::node::Node;
 
 pub struct ClusterService {
@@ -23,15 +25,30 @@ impl ClusterService {
         ClusterService { node }
     }
 
-    fn me(&self) -> Member {
-        let m = &self.node.member;
-        Member {
-            id: m.id,
-            name: m.name.clone(),
-            peer_ur_ls: m.peer_urls.clone(),
-            client_ur_ls: m.client_urls.clone(),
-            is_learner: false,
-        }
+    fn members(&self) -> Vec<Member> {
+        membership::members(self.node.applier.raft())
+            .iter()
+            .map(membership::to_etcd)
+            .collect()
+    }
+
+    async fn change(&self, kind: Kind, member: MemberAttrs, is_learner: bool) -> Result<Option<MemberAttrs>, Status> {
+        let req = MemberChangeRequest {
+            kind: kind as i32,
+            member: Some(member),
+            is_learner,
+        };
+        let added = self.node.applier.change_member(req).await?;
+        // Answer with the membership as this member has applied it, as etcd does.
+        self.node.applier.read_index().await?;
+        Ok(added)
+    }
+}
+
+fn with_id(id: u64) -> MemberAttrs {
+    MemberAttrs {
+        id,
+        ..Default::default()
     }
 }
 
@@ -39,38 +56,62 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _r: Request<MemberAddRequest>,
+        r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(errors::unimplemented("MemberAdd (multi-member clusters)"))
+        self.node.reject_learner()?;
+        let r = r.into_inner();
+        let member = MemberAttrs {
+            peer_urls: r.peer_ur_ls,
+            ..Default::default()
+        };
+        let added = self.change(Kind::Add, member, r.is_learner).await?;
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.node.current_header()),
+            member: added.as_ref().map(membership::to_etcd),
+            members: self.members(),
+        }))
     }
 
     async fn member_remove(
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        if r.into_inner().id != self.node.member.id {
-            return Err(EtcdError::MemberNotFound.into());
-        }
-        Err(errors::unimplemented("MemberRemove of the only member"))
+        self.node.reject_learner()?;
+        self.change(Kind::Remove, with_id(r.into_inner().id), false).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.node.current_header()),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
         &self,
         r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        if r.into_inner().id != self.node.member.id {
-            return Err(EtcdError::MemberNotFound.into());
-        }
-        Err(errors::unimplemented("MemberUpdate"))
+        self.node.reject_learner()?;
+        let r = r.into_inner();
+        let member = MemberAttrs {
+            id: r.id,
+            peer_urls: r.peer_ur_ls,
+            ..Default::default()
+        };
+        self.change(Kind::Update, member, false).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(self.node.current_header()),
+            members: self.members(),
+        }))
     }
 
     async fn member_list(
         &self,
-        _r: Request<MemberListRequest>,
+        r: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        if r.into_inner().linearizable {
+            self.node.applier.read_index().await?;
+        }
         Ok(Response::new(MemberListResponse {
             header: Some(self.node.current_header()),
-            members: vec![self.me()],
+            members: self.members(),
         }))
     }
 
@@ -78,9 +119,10 @@ impl Cluster for ClusterService {
         &self,
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        if r.into_inner().id != self.node.member.id {
-            return Err(EtcdError::MemberNotFound.into());
-        }
-        Err(EtcdError::MemberNotLearner.into())
+        self.change(Kind::Promote, with_id(r.into_inner().id), false).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.node.current_header()),
+            members: self.members(),
+        }))
     }
 }

@@ -98,6 +98,13 @@ pub struct Flags {
     /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Number of entries kept for a slow follower to catch up from after a snapshot.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    pub experimental_snapshot_catchup_entries: u64,
     /// Duration of periodic watch progress notifications.
     #[arg(
         long,
@@ -144,6 +151,7 @@ pub struct Config {
     pub initial_cluster_new: bool,
     pub initial_cluster_token: String,
     pub snapshot_count: u64,
+    pub snapshot_catchup_entries: u64,
     pub quota_backend_bytes: u64,
     pub max_request_bytes: usize,
     pub txn_ops_max: usize,
@@ -206,6 +214,7 @@ impl Flags {
             initial_cluster_new: self.initial_cluster_state == "new",
             initial_cluster_token: self.initial_cluster_token.clone(),
             snapshot_count: self.snapshot_count.max(1),
+            snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             quota_backend_bytes: if self.quota_backend_bytes == 0 {
                 QUOTA_BACKEND_BYTES_DEFAULT
             } else {

@@ -50,6 +50,8 @@ pub enum EtcdError {
     LeaderChanged,
     #[error("etcdserver: not leader")]
     NotLeader,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
     #[error("etcdserver: authentication is not enabled")]
@@ -68,7 +70,9 @@ impl EtcdError {
             LeaseExist | MemberNotLearner | BadLeaderTransferee | AuthNotEnabled => {
                 Code::FailedPrecondition
             }
-            Stopped | Timeout | NoLeader | LeaderChanged | NotLeader => Code::Unavailable,
+            Stopped | Timeout | NoLeader | LeaderChanged | NotLeader | NotSupportedForLearner => {
+                Code::Unavailable
+            }
             Corrupt => Code::DataLoss,
         }
     }

@@ -68,11 +68,15 @@ impl Kv for KvService {
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         let r = request.into_inner();
+        if !r.serializable {
+            self.node.reject_learner()?;
+        }
         validate::range(&r)?;
         Ok(Response::new(read_range(&self.node, r).await?))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.node.reject_learner()?;
         let r = request.into_inner();
         validate::put(&r)?;
         self.check_size(r.encoded_len())?;
@@ -92,6 +96,7 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.node.reject_learner()?;
         let r = request.into_inner();
         validate::delete_range(&r)?;
         self.check_size(r.encoded_len())?;
@@ -108,6 +113,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.node.reject_learner()?;
         let r = request.into_inner();
         validate::txn(&r, self.node.config.txn_ops_max)?;
         self.check_size(r.encoded_len())?;
@@ -129,6 +135,7 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        self.node.reject_learner()?;
         let r = request.into_inner();
         let applied = self
             .propose(WriteRequest::Compact {

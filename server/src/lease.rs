@@ -42,6 +42,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.node.reject_learner()?;
         let r = request.into_inner();
         if r.ttl > LEASE_TTL_MAX_SECS {
             return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -84,6 +85,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        self.node.reject_learner()?;
         let id = request.into_inner().id;
         let applied = self
             .node
@@ -105,6 +107,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.node.reject_learner()?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
@@ -144,6 +147,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.node.reject_learner()?;
         let r = request.into_inner();
         let header = Some(self.node.current_header());
         let remaining = self
@@ -181,6 +185,7 @@ impl Lease for LeaseService {
         &self,
         _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.node.reject_learner()?;
         // From the lessor, which learns of grants only once they are durable and visible.
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.node.current_header()),

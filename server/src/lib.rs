@@ -5,6 +5,7 @@
 //! - [`server`]: [`run`]: wiring, listeners and ordered shutdown.
 //! - [`node`]: what the services share, and response headers.
 //! - [`member`]: member and cluster IDs, derived as etcd derives them.
+//! - [`membership`]: members as etcd shows them, and membership changes (on the leader).
 //! - [`bootstrap`]: starting Raft (log, state machine, peers, initial membership).
 //! - [`applier`]: the write path over Raft (proposals, forwarding) and the read barrier.
 //! - [`observer`]: what follows an applied batch: replies, watch events, leases, compaction.
@@ -36,6 +37,7 @@ pub mod lease;
 pub mod lessor;
 pub mod maintenance;
 pub mod member;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod observer;

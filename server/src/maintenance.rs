@@ -56,6 +56,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        self.node.reject_learner()?;
         let r = request.into_inner();
         let alarms = match AlarmAction::try_from(r.action) {
             Ok(AlarmAction::Get) => self
@@ -130,6 +131,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.node.reject_learner()?;
         let store = self.node.store.clone();
         tokio::task::spawn_blocking(move || store.defragment())
             .await
@@ -141,6 +143,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.node.reject_learner()?;
         let store = self.node.store.clone();
         let rev = store.current_revision();
         let hash = tokio::task::spawn_blocking(move || store.hash_all())
@@ -157,6 +160,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.node.reject_learner()?;
         let rev = request.into_inner().revision;
         let store = self.node.store.clone();
         let current = store.current_revision();
@@ -179,6 +183,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.node.reject_learner()?;
         let n = self.snapshots.fetch_add(1, Ordering::Relaxed);
         let base = self.snapshot_dir();
         let checkpoint = base.join(format!("checkpoint-{}-{n}", std::process::id()));
@@ -221,6 +226,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.node.reject_learner()?;
         // With one member, it already leads; any other target is not a member.
         if request.into_inner().target_id != self.node.member.id {
             return Err(EtcdError::BadLeaderTransferee.into());

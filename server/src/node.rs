@@ -35,6 +35,26 @@ impl Node {
         }
     }
 
+    /// Whether this member is a learner (it serves serializable reads and status only).
+    pub fn is_learner(&self) -> bool {
+        let metrics = self.applier.raft().metrics();
+        let m = metrics.borrow();
+        let is_learner = m
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|id| id == self.member.id);
+        is_learner
+    }
+
+    /// etcd's refusal of most RPCs on a learner.
+    pub fn reject_learner(&self) -> Result<(), tonic::Status> {
+        if self.is_learner() {
+            return Err(crate::errors::EtcdError::NotSupportedForLearner.into());
+        }
+        Ok(())
+    }
+
     /// The Raft term this member is in.
     pub fn raft_term(&self) -> u64 {
         self.applier.raft().metrics().borrow().current_term

@@ -1,5 +1,5 @@
 //! What a member asks of the leader on behalf of its clients, over the peer port: forwarded
-//! proposals, read index, lease keep-alive and time-to-live. [`PeerClients`] is the asking
+//! proposals, read index, lease keep-alive and time-to-live, membership changes. [`PeerClients`] is the asking
 //! side (one lazily connected channel per member, addressed by its first peer URL, taken from
 //! the current membership); [`PeerService`] the answering side, which refuses with
 //! [`NOT_LEADER`] when this member is not the leader so the asker can look again.
@@ -38,7 +38,7 @@ fn not_leader() -> Status {
 #[derive(Clone)]
 pub struct PeerClients {
     raft: Raft,
-    channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
+    channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
 }
 
 impl PeerClients {
@@ -57,16 +57,19 @@ impl PeerClients {
                 .membership()
                 .get_node(&member)
                 .and_then(|n| n.peer_urls.first().cloned())
-        }
-        .ok_or_else(|| Status::from(EtcdError::NoLeader))?;
+        };
         let mut channels = self.channels.lock().expect("peer channels lock");
-        let channel = match channels.get(&(member, url.clone())) {
-            Some(c) => c.clone(),
-            None => {
+        // A leader that was just removed may lead a little longer than it is listed: its
+        // last known URL still reaches it.
+        let channel = match (url, channels.get(&member)) {
+            (Some(url), Some((known, c))) if *known == url => c.clone(),
+            (None, Some((_, c))) => c.clone(),
+            (Some(url), _) => {
                 let c = peer_channel(&url).map_err(Status::internal)?;
-                channels.insert((member, url), c.clone());
+                channels.insert(member, (url, c.clone()));
                 c
             }
+            (None, None) => return Err(EtcdError::NoLeader.into()),
         };
         Ok(PeerClient::new(channel)
             .max_decoding_message_size(PEER_MESSAGE_MAX)
@@ -97,6 +100,15 @@ impl PeerClients {
             .ttl)
     }
 
+    /// Asks the leader to make a membership change; returns the member added, if any.
+    pub async fn change_member(
+        &self,
+        leader: u64,
+        req: pb::MemberChangeRequest,
+    ) -> Result<Option<pb::MemberAttrs>, Status> {
+        Ok(self.client(leader)?.change_member(req).await?.into_inner().member)
+    }
+
     /// The leader's view of a lease: (remaining TTL, granted TTL); `None` if unknown.
     pub async fn lease_time_to_live(&self, leader: u64, id: i64) -> Result<Option<(i64, i64)>, Status> {
         let r = self
@@ -112,14 +124,16 @@ impl PeerClients {
 pub struct PeerService {
     raft: Raft,
     member_id: u64,
+    cluster_id: u64,
     lessor: Arc<Lessor>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, member_id: u64, lessor: Arc<Lessor>) -> PeerService {
+    pub fn new(raft: Raft, member_id: u64, cluster_id: u64, lessor: Arc<Lessor>) -> PeerService {
         PeerService {
             raft,
             member_id,
+            cluster_id,
             lessor,
         }
     }
@@ -194,8 +208,25 @@ impl pb::peer_server::Peer for PeerService {
 
     async fn change_member(
         &self,
-        _req: Request<pb::MemberChangeRequest>,
+        req: Request<pb::MemberChangeRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        Err(crate::errors::unimplemented("member changes"))
+        if !self.is_leader() {
+            return Err(not_leader());
+        }
+        let member = crate::membership::change(&self.raft, req.into_inner()).await?;
+        Ok(Response::new(pb::MemberChangeResponse {
+            member,
+            members: crate::membership::members(&self.raft),
+        }))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        Ok(Response::new(pb::MembersResponse {
+            cluster_id: self.cluster_id,
+            members: crate::membership::members(&self.raft),
+        }))
     }
 }

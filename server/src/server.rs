@@ -79,7 +79,7 @@ pub async fn run(
             block_cache_bytes: config.block_cache_bytes,
         },
     )?;
-    let identity = bootstrap::identity(&config)?;
+    let identity = bootstrap::identity(&config).await?;
     let id = identity.member_id;
     let member = Member {
         id,
@@ -110,7 +110,9 @@ pub async fn run(
         waiters: waiters.clone(),
         nospace: nospace.clone(),
     });
-    let raft = bootstrap::start_raft(&config, id, writer, observer).await?;
+    // Notified when this member learns it was removed from the cluster: it then stops.
+    let removed = Arc::new(tokio::sync::Notify::new());
+    let raft = bootstrap::start_raft(&config, id, writer, observer, removed.clone()).await?;
     let applier = Applier::new(
         raft.clone(),
         id,
@@ -141,7 +143,8 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let peer_server =
-        bootstrap::serve_peers(&config, raft.clone(), id, lessor.clone(), stop_rx.clone()).await?;
+        bootstrap::serve_peers(&config, raft.clone(), identity, lessor.clone(), stop_rx.clone())
+            .await?;
     let background = [
         tokio::spawn(lease::run_expiry(node.clone(), stop_rx.clone())),
         tokio::spawn(compactor::run_auto(
@@ -154,9 +157,15 @@ pub async fn run(
             raft.clone(),
             id,
             lessor,
+            removed.clone(),
             stop_rx.clone(),
         )),
         tokio::spawn(crate::quota::run(node.clone(), stop_rx.clone())),
+        tokio::spawn(bootstrap::publish(
+            applier.clone(),
+            node.member.clone(),
+            stop_rx.clone(),
+        )),
     ];
 
     let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -197,7 +206,10 @@ pub async fn run(
     drop(node);
 
     let signal = async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = removed.notified() => {}
+        }
         tracing::info!("shutting down: closing streams and draining requests");
         let _ = stop_tx.send(true);
     };

@@ -47,6 +47,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.node.reject_learner()?;
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(WATCH_RESPONSES_QUEUED_MAX);
         // Subscribe before anything is read, so no batch published from now on is missed.

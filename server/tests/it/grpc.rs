@@ -32,6 +32,19 @@ impl Client {
             .revision
     }
 
+    /// This member's own revision (a serializable read: no leader needed, no barrier).
+    pub async fn serializable_revision(&mut self) -> i64 {
+        let req = etcd_proto::etcdserverpb::RangeRequest {
+            key: b"x".to_vec(),
+            serializable: true,
+            ..Default::default()
+        };
+        match self.kv.range(req).await {
+            Ok(r) => r.into_inner().header.unwrap().revision,
+            Err(_) => 0,
+        }
+    }
+
     pub async fn connect(endpoint: &str) -> Client {
         let channel = Channel::from_shared(format!("http://{endpoint}"))
             .unwrap()

@@ -3,6 +3,8 @@
 
 mod badinput;
 mod client;
+mod cluster;
+mod cluster_harness;
 mod crash;
 mod differential;
 mod etcdctl;
