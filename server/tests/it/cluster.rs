@@ -257,15 +257,24 @@ async fn learner_added_promoted_and_a_member_removed_under_load() {
     // The harness picks its own peer port; start the new member on the one added.
     let new = cluster.start_joining_at("infra3", &peer);
     cluster.wait_for_serializable(new).await;
-    let (ok, out) = ctl(&eps[0], &["member", "list"]);
-    let line = out.lines().find(|l| l.contains("infra3")).unwrap_or_default();
-    assert!(ok && line.starts_with(&format!("{id}, started, infra3")) && line.ends_with(", true"), "{out}");
+    // The learner is listed once it has published its name (it starts unnamed, "unstarted").
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out) = ctl(&eps[0], &["member", "list"]);
+        let line = out.lines().find(|l| l.contains(&id)).unwrap_or_default().to_string();
+        if ok && line.starts_with(&format!("{id}, started, infra3")) {
+            assert!(line.ends_with(", true"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Promote once it has caught up (etcd refuses before that, with its own error).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (ok, out) = ctl(&eps[2], &["member", "promote", &id]);
         if ok {
-            assert!(out.contains(&format!("Member {id} promoted")), "{out}");
+            assert!(out.contains(&format!("{id} promoted in cluster")), "{out}");
             break;
         }
         assert!(
