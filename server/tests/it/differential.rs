@@ -418,3 +418,21 @@ async fn random_sequences_match_etcd() {
         run_sequence(&mut a, &mut b, seed, &format!("s{n}/"), 120).await;
     }
 }
+
+/// The same sequences through a follower of a 3-member cairn cluster (writes forwarded to the
+/// leader, linearizable reads behind the read barrier) answer as a single etcd does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sequences_through_a_cluster_follower_match_etcd() {
+    let cluster = crate::cluster_harness::Cluster::start(3, &[]);
+    let follower = (cluster.leader().await + 1) % 3;
+    let etcd = Server::start(Kind::Etcd);
+    let mut a = Client::connect(&etcd.endpoint()).await;
+    let mut b = Client::connect(&cluster.members[follower].endpoint()).await;
+    let n = std::env::var("CAIRN_DIFF_SEQUENCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    for i in 0..n {
+        run_sequence(&mut a, &mut b, 0xC1A55 + i, &format!("c{i}/"), 120).await;
+    }
+}

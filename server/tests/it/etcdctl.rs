@@ -49,8 +49,8 @@ fn normalize(text: &str) -> String {
     out
 }
 
-fn run_script(bin: &Path, server: &Server, steps: &[Step]) -> Vec<String> {
-    let ep = server.endpoint();
+fn run_script(bin: &Path, ep: &str, steps: &[Step]) -> Vec<String> {
+    let ep = ep.to_string();
     let mut lease = String::new();
     let mut outputs = Vec::new();
     for step in steps {
@@ -116,9 +116,13 @@ fn run_script(bin: &Path, server: &Server, steps: &[Step]) -> Vec<String> {
 fn compare(bin: &Path, steps: &[Step]) {
     let etcd = Server::start(Kind::Etcd);
     let cairn = Server::start(Kind::Cairn);
-    let want = run_script(bin, &etcd, steps);
-    let got = run_script(bin, &cairn, steps);
-    for (w, g) in want.iter().zip(&got) {
+    let want = run_script(bin, &etcd.endpoint(), steps);
+    let got = run_script(bin, &cairn.endpoint(), steps);
+    assert_same(bin, &want, &got);
+}
+
+fn assert_same(bin: &Path, want: &[String], got: &[String]) {
+    for (w, g) in want.iter().zip(got) {
         assert_eq!(
             w,
             g,
@@ -126,6 +130,20 @@ fn compare(bin: &Path, steps: &[Step]) {
             bin.display()
         );
     }
+}
+
+/// The KV suite through a follower of a 3-member cairn cluster prints what a single etcd
+/// prints: forwarding and read barriers change nothing a client can see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl35_kv_commands_through_a_cluster_follower_print_what_etcd_prints() {
+    let cluster = crate::cluster_harness::Cluster::start(3, &[]);
+    let follower = (cluster.leader().await + 1) % 3;
+    let ep = cluster.members[follower].endpoint();
+    let bin = etcdctl35();
+    let etcd = Server::start(Kind::Etcd);
+    let want = tokio::task::block_in_place(|| run_script(&bin, &etcd.endpoint(), &kv_steps()));
+    let got = tokio::task::block_in_place(|| run_script(&bin, &ep, &kv_steps()));
+    assert_same(&bin, &want, &got);
 }
 
 const TXN: &str = "mod(\"goo\") > \"0\"\n\nput goo new\nget goo\n\ndel goo\n\n";
