@@ -2,7 +2,8 @@
 //! benchmark tool, is the `bench` crate's job). It runs `--total` puts or ranges from
 //! `--clients` concurrent clients over `--conns` connections and prints one line: ops/s and
 //! latency percentiles. Usage:
-//!   quickload <endpoint> <put|range> <clients> <conns> <total> [value-bytes]
+//!   quickload <endpoint[,endpoint...]> <put|range> <clients> <conns> <total> [value-bytes]
+//! With several endpoints (a cluster's members), connections are spread over them in turn.
 
 use std::time::{Duration, Instant};
 
@@ -26,10 +27,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conns: usize = args[4].parse()?;
     let total: usize = args[5].parse()?;
     let value_bytes: usize = args.get(6).map(|v| v.parse()).transpose()?.unwrap_or(256);
+    let endpoints: Vec<&str> = endpoint.split(',').collect();
     let mut channels = Vec::new();
-    for _ in 0..conns {
+    for i in 0..conns {
         channels.push(
-            Channel::from_shared(format!("http://{endpoint}"))?
+            Channel::from_shared(format!("http://{}", endpoints[i % endpoints.len()]))?
                 .connect()
                 .await?,
         );

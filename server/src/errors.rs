@@ -50,6 +50,8 @@ pub enum EtcdError {
     LeaderChanged,
     #[error("etcdserver: not leader")]
     NotLeader,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
     #[error("etcdserver: corrupt cluster")]
@@ -67,10 +69,11 @@ impl EtcdError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | MemberNotLearner | BadLeaderTransferee | AuthNotEnabled => {
+            LeaseExist | MemberNotLearner | BadLeaderTransferee | AuthNotEnabled | NotLeader => {
                 Code::FailedPrecondition
             }
-            Stopped | Timeout | NoLeader | LeaderChanged | NotLeader | NotSupportedForLearner => {
+            Stopped | Timeout | NoLeader | LeaderChanged | LeaderTransferTimeout
+            | NotSupportedForLearner => {
                 Code::Unavailable
             }
             Corrupt => Code::DataLoss,

@@ -20,6 +20,7 @@
 //! - [`kv`], [`watch`], [`lease`], [`cluster`], [`maintenance`], [`auth`]: one file per
 //!   etcd service.
 //! - [`http`]: `/health`, `/version`, `/metrics`.
+//! - [`transfer`]: leadership transfer (MoveLeader).
 //! - [`stream`]: server streams that send headers with their first message, as grpc-go does.
 //! - [`metrics`]: Prometheus metrics under etcd's names.
 
@@ -45,6 +46,7 @@ pub mod peer;
 pub mod quota;
 pub mod server;
 pub mod stream;
+pub mod transfer;
 pub mod validate;
 pub mod watch;
 pub mod watch_hub;

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::errors::{self, EtcdError};
+use crate::errors;
 use crate::node::Node;
 
 /// Bytes per snapshot message.
@@ -227,10 +227,7 @@ impl Maintenance for MaintenanceService {
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         self.node.reject_learner()?;
-        // With one member, it already leads; any other target is not a member.
-        if request.into_inner().target_id != self.node.member.id {
-            return Err(EtcdError::BadLeaderTransferee.into());
-        }
+        crate::transfer::move_leader(&self.node, request.into_inner().target_id).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.node.current_header()),
         }))

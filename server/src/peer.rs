@@ -109,6 +109,12 @@ impl PeerClients {
         Ok(self.client(leader)?.change_member(req).await?.into_inner().member)
     }
 
+    /// Tells `member` to campaign now (leadership transfer).
+    pub async fn timeout_now(&self, member: u64) -> Result<(), Status> {
+        self.client(member)?.timeout_now(pb::TimeoutNowRequest {}).await?;
+        Ok(())
+    }
+
     /// The leader's view of a lease: (remaining TTL, granted TTL); `None` if unknown.
     pub async fn lease_time_to_live(&self, leader: u64, id: i64) -> Result<Option<(i64, i64)>, Status> {
         let r = self
@@ -218,6 +224,19 @@ impl pb::peer_server::Peer for PeerService {
             member,
             members: crate::membership::members(&self.raft),
         }))
+    }
+
+    async fn timeout_now(
+        &self,
+        _req: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        tracing::info!("asked to take over leadership; campaigning");
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::TimeoutNowResponse {}))
     }
 
     async fn members(

@@ -1,7 +1,7 @@
 //! A 3-member cairn cluster of real processes: etcdctl reads and writes through every member;
 //! the leader is killed under a write load and no acknowledged write is lost; a member that
 //! missed many writes catches up by snapshot; a member is added as a learner, promoted and
-//! another removed, under load. Replicas are compared with HashKV at one revision.
+//! another removed, under load; leadership moves on request. Replicas are compared with HashKV at one revision.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,6 +98,15 @@ async fn etcdctl_reads_and_writes_through_every_member() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "PUT\nw\nseen\n");
     let rev = Client::connect(&eps[0]).await.current_revision().await;
     assert_equal_hashes(&cluster.hashes_at(rev).await);
+    // MoveLeader hands leadership to the member named.
+    let leader = cluster.leader().await;
+    let target = (leader + 1) % 3;
+    let target_id = status_id(&eps[target]).await;
+    let (ok, out) = ctl(&eps.join(","), &["move-leader", &format!("{target_id:x}")]);
+    assert!(ok && out.contains("Leadership transferred from"), "move-leader: {out}");
+    assert_eq!(cluster.leader().await, target);
+    let (ok, out) = ctl(&eps[target], &["put", "after-move", "x"]);
+    assert!(ok, "{out}");
 }
 
 /// (key, value, revision) of every acknowledged write.
