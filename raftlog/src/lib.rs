@@ -7,7 +7,7 @@
 //! - [`meta`]: small files replaced atomically (write temp, fsync, rename, fsync dir), for the
 //!   vote, the committed and the purged log ids.
 //! - [`types`]: openraft's type configuration (node = etcd member, entry data = proposal).
-//! - [`proposal`]: the write an entry carries and the byte encodings of entries.
+//! - [`proposal`]: the writes an entry carries (a batch of proposals) and entry encodings.
 //! - [`log_store`]: openraft's log storage over the WAL, with a group-commit flusher.
 //! - [`state_machine`]: openraft's state machine over `store`, applied index in the same batch.
 //! - [`snapshot`]: snapshots as checkpoint archives: build, send, install (crash-safe).
@@ -23,7 +23,7 @@ pub mod types;
 pub mod wal;
 
 pub use log_store::LogStore;
-pub use proposal::Proposal;
+pub use proposal::{Proposal, ProposalBatch};
 pub use state_machine::{AppliedProposal, ApplyError, ApplyObserver, StateMachine};
 pub use types::{Member, NodeId, Raft, TypeConfig};
 pub use wal::{Wal, WalError, WalOptions};

@@ -1,8 +1,9 @@
-//! A proposal — one write carried by one Raft entry — and the byte encodings of entries used
-//! by the log on disk and by the peer protocol. Proposals are encoded as etcd-style
-//! `InternalRequest` protobufs; the rare membership entries as JSON.
+//! Proposals — writes, batched so that one Raft entry carries every write proposed at about
+//! the same time — and the byte encodings of entries used by the log on disk and by the peer
+//! protocol. Proposals are encoded as etcd-style `InternalRequest` protobufs (a batch as an
+//! `InternalBatch`); the rare membership entries as JSON.
 
-use etcd_proto::cairnraftpb::InternalRequest;
+use etcd_proto::cairnraftpb::{InternalBatch, InternalRequest};
 use etcd_proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, CompactionRequest, LeaseGrantRequest,
     LeaseRevokeRequest,
@@ -109,18 +110,48 @@ impl Proposal {
     }
 }
 
+/// The data of one Raft entry: proposals applied in order, as if they had been entries of
+/// their own.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProposalBatch(pub Vec<Proposal>);
+
+impl ProposalBatch {
+    pub fn to_internal(&self) -> InternalBatch {
+        InternalBatch {
+            requests: self.0.iter().map(Proposal::to_internal).collect(),
+        }
+    }
+
+    pub fn from_internal(b: InternalBatch) -> Result<ProposalBatch, DecodeError> {
+        b.requests
+            .into_iter()
+            .map(Proposal::from_internal)
+            .collect::<Result<_, _>>()
+            .map(ProposalBatch)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_internal().encode_to_vec()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ProposalBatch, DecodeError> {
+        let b = InternalBatch::decode(bytes).map_err(|e| DecodeError(e.to_string()))?;
+        ProposalBatch::from_internal(b)
+    }
+}
+
 // openraft's `serde` feature asks application data to be serde-serializable; it is, as the
 // bytes of its protobuf encoding (Cairn's own transport and log do not go through serde).
-impl Serialize for Proposal {
+impl Serialize for ProposalBatch {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&self.encode())
     }
 }
 
-impl<'de> Deserialize<'de> for Proposal {
+impl<'de> Deserialize<'de> for ProposalBatch {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes: Vec<u8> = serde::de::Deserialize::deserialize(d)?;
-        Proposal::decode(&bytes).map_err(serde::de::Error::custom)
+        ProposalBatch::decode(&bytes).map_err(serde::de::Error::custom)
     }
 }
 
@@ -149,7 +180,7 @@ pub fn decode_payload(bytes: &[u8]) -> Result<EntryPayload<TypeConfig>, DecodeEr
         .ok_or_else(|| DecodeError("empty payload".into()))?;
     Ok(match kind {
         KIND_BLANK => EntryPayload::Blank,
-        KIND_NORMAL => EntryPayload::Normal(Proposal::decode(body)?),
+        KIND_NORMAL => EntryPayload::Normal(ProposalBatch::decode(body)?),
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice(body).map_err(|e| DecodeError(e.to_string()))?,
         ),
@@ -208,15 +239,28 @@ mod tests {
                 alarm: 1,
             },
         ];
-        for (i, req) in reqs.into_iter().enumerate() {
+        for (i, req) in reqs.iter().enumerate() {
             let entry = Entry {
                 log_id: log_id(3, 77, i as u64 + 1),
-                payload: EntryPayload::Normal(Proposal { id: 42 + i as u64, req }),
+                payload: EntryPayload::Normal(ProposalBatch(vec![Proposal {
+                    id: 42 + i as u64,
+                    req: req.clone(),
+                }])),
             };
             let bytes = encode_wal_entry(&entry);
             let back = decode_wal_entry(i as u64 + 1, &bytes).unwrap();
             assert_eq!(back, entry);
         }
+        let batch = Entry {
+            log_id: log_id(4, 77, 20),
+            payload: EntryPayload::Normal(ProposalBatch(
+                reqs.into_iter()
+                    .enumerate()
+                    .map(|(i, req)| Proposal { id: i as u64, req })
+                    .collect(),
+            )),
+        };
+        assert_eq!(decode_wal_entry(20, &encode_wal_entry(&batch)).unwrap(), batch);
         let blank = Entry {
             log_id: log_id(1, 77, 9),
             payload: EntryPayload::Blank,

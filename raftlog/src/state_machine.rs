@@ -1,6 +1,9 @@
 //! openraft's state machine over `store`: committed entries are applied in batches, each
-//! proposal as one RocksDB write batch that also records the entry's log id (DESIGN decision
-//! 2: the store is not fsynced; after a crash the log is replayed from the recorded index).
+//! proposal as one RocksDB write batch that also records how far the log has been applied
+//! (DESIGN decision 2: the store is not fsynced; after a crash the log is replayed from the
+//! recorded position). An entry carries a batch of proposals: all but the last record the
+//! entry's index and how many of its proposals are done, the last records the entry applied,
+//! so a replay neither repeats nor skips a proposal.
 //! After a batch the new revision is published and an [`ApplyObserver`] is told what each
 //! proposal produced, so the server can answer waiting clients, feed watchers and leases.
 //!
@@ -20,6 +23,9 @@ use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMem
 
 /// `meta` record: the log id of the last applied entry (JSON).
 pub const META_RAFT_APPLIED: &[u8] = b"raft_applied";
+/// `meta` record: (index, proposals applied) of an entry applied part-way (JSON); only
+/// meaningful when the index is past the applied log id.
+pub const META_RAFT_PARTIAL: &[u8] = b"raft_partial";
 /// `meta` record: the membership as of the last applied entry (JSON).
 pub const META_RAFT_MEMBERSHIP: &[u8] = b"raft_membership";
 
@@ -55,6 +61,8 @@ pub struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     nospace: bool,
+    /// An entry a crash interrupted part-way: (index, proposals already applied).
+    partial: Option<(u64, usize)>,
     snapshots: SnapshotFiles,
 }
 
@@ -87,7 +95,10 @@ impl StateMachine {
         let applied = read_meta(&store, META_RAFT_APPLIED)?;
         let membership = read_meta(&store, META_RAFT_MEMBERSHIP)?.unwrap_or_default();
         let nospace = nospace_raised(&store).map_err(|e| e.to_string())?;
+        let partial = read_meta::<(u64, usize)>(&store, META_RAFT_PARTIAL)?
+            .filter(|&(index, _)| applied.is_none_or(|a: LogId| index > a.index));
         Ok(StateMachine {
+            partial,
             writer,
             observer,
             applied,
@@ -143,37 +154,56 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut results = Vec::new();
         let mut proposals = Vec::new();
-        // Whether the recorded applied log id is behind the last entry of this batch.
-        let mut unrecorded = false;
         for entry in entries {
             let log_id = serde_json::to_vec(&entry.log_id).expect("log ids serialize");
+            // Whether the store records this entry as applied yet.
+            let mut recorded = false;
             match entry.payload {
-                EntryPayload::Blank => unrecorded = true,
-                EntryPayload::Normal(p) => {
-                    let result = if self.nospace && needs_space(&p.req) {
-                        Err(ApplyError::NoSpace)
-                    } else {
-                        self.writer
-                            .apply_with(&p.req, &[(META_RAFT_APPLIED, &log_id)])
-                            .map_err(ApplyError::from)
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(batch) => {
+                    let n = batch.0.len();
+                    // Proposals a crash interrupted this entry after were applied already.
+                    let done = match self.partial.take() {
+                        Some((index, done)) if index == entry.log_id.index => done,
+                        _ => 0,
                     };
-                    match &result {
-                        Ok(_) => unrecorded = false,
-                        // Refusals are deterministic and write nothing; a storage failure is not
-                        // a refusal: the member must stop rather than diverge.
-                        Err(ApplyError::Store(e)) if e.is_storage_failure() => {
-                            return Err(sm_write_err(e))
+                    for (k, p) in batch.0.into_iter().enumerate().skip(done) {
+                        let last = k + 1 == n;
+                        let partial = serde_json::to_vec(&(entry.log_id.index, k + 1))
+                            .expect("progress serializes");
+                        // Each proposal's batch records how far the entry got; the last one
+                        // records the entry as applied.
+                        let progress: &[(&[u8], &[u8])] = if last {
+                            &[(META_RAFT_APPLIED, &log_id)]
+                        } else {
+                            &[(META_RAFT_PARTIAL, &partial)]
+                        };
+                        let result = if self.nospace && needs_space(&p.req) {
+                            Err(ApplyError::NoSpace)
+                        } else {
+                            self.writer
+                                .apply_with(&p.req, progress)
+                                .map_err(ApplyError::from)
+                        };
+                        match &result {
+                            Ok(_) => recorded = last,
+                            // Refusals are deterministic and write nothing; a storage failure
+                            // is not a refusal: the member must stop rather than diverge.
+                            Err(ApplyError::Store(e)) if e.is_storage_failure() => {
+                                return Err(sm_write_err(e))
+                            }
+                            Err(_) => {}
                         }
-                        Err(_) => unrecorded = true,
+                        if let WriteRequest::Alarm { .. } = p.req {
+                            self.nospace =
+                                nospace_raised(self.writer.store()).map_err(sm_read_err)?;
+                        }
+                        proposals.push(AppliedProposal {
+                            id: p.id,
+                            req: p.req,
+                            result,
+                        });
                     }
-                    if let WriteRequest::Alarm { .. } = p.req {
-                        self.nospace = nospace_raised(self.writer.store()).map_err(sm_read_err)?;
-                    }
-                    proposals.push(AppliedProposal {
-                        id: p.id,
-                        req: p.req,
-                        result,
-                    });
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -181,17 +211,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.writer
                         .write_meta(&[(META_RAFT_MEMBERSHIP, &json), (META_RAFT_APPLIED, &log_id)])
                         .map_err(sm_write_err)?;
-                    unrecorded = false;
+                    recorded = true;
                 }
+            }
+            if !recorded {
+                // Before the next entry records progress of its own.
+                self.writer
+                    .write_meta(&[(META_RAFT_APPLIED, &log_id)])
+                    .map_err(sm_write_err)?;
             }
             self.applied = Some(entry.log_id);
             results.push(());
-        }
-        if unrecorded {
-            let log_id = serde_json::to_vec(&self.applied).expect("log ids serialize");
-            self.writer
-                .write_meta(&[(META_RAFT_APPLIED, &log_id)])
-                .map_err(sm_write_err)?;
         }
         self.writer.publish();
         self.observer.applied(proposals, self.writer.revision());
@@ -224,6 +254,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_read_err)?
             .unwrap_or_default();
         self.nospace = nospace_raised(&store).map_err(sm_read_err)?;
+        self.partial = None;
         self.observer.restored(self.writer.revision());
         Ok(())
     }

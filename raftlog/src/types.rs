@@ -1,12 +1,12 @@
 //! openraft's type configuration for Cairn: node IDs are etcd member IDs, a node's record is
-//! its etcd member attributes, an entry's data is a [`Proposal`], and snapshots travel as files.
+//! its etcd member attributes, an entry's data is a [`ProposalBatch`], and snapshots travel as files.
 
 use std::fmt;
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::proposal::Proposal;
+use crate::proposal::ProposalBatch;
 
 // `declare_raft_types!` names `Cursor` for its default snapshot type even when it is overridden.
 #[allow(unused_imports)]
@@ -15,7 +15,7 @@ use Cursor as _;
 openraft::declare_raft_types!(
     /// Cairn's Raft types.
     pub TypeConfig:
-        D = Proposal,
+        D = ProposalBatch,
         R = (),
         NodeId = u64,
         Node = Member,

@@ -1,6 +1,9 @@
-//! The write path and the read barrier, over Raft. `propose` turns a write into a Raft entry —
-//! appended directly on the leader, forwarded to the leader by a follower — and waits until
-//! this member has applied it, so the answer (and a following read on this member) reflects it;
+//! The write path and the read barrier, over Raft. `propose` hands a write to the batcher,
+//! which puts every proposal waiting at that moment into one Raft entry — appended directly on
+//! the leader, forwarded to the leader by a follower — while at most `BATCHES_IN_FLIGHT`
+//! entries are under way (so the batch grows while the log is busy: one append, one fsync and
+//! one replication round for many writes). The proposer then waits until this member has
+//! applied its write, so the answer (and a following read on this member) reflects it;
 //! `read_index` makes a linearizable read wait until this member has applied everything the
 //! leader had committed when the read arrived. Concurrent reads share one confirmation round.
 
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use raftlog::state_machine::needs_space;
-use raftlog::{ApplyError, Proposal, Raft};
+use raftlog::{ApplyError, Proposal, ProposalBatch, Raft};
 use store::{Applied, WriteRequest};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -59,6 +62,7 @@ pub struct Applier {
     next_id: Arc<AtomicU64>,
     peers: PeerClients,
     reads: mpsc::UnboundedSender<oneshot::Sender<Result<(), Status>>>,
+    batcher: mpsc::UnboundedSender<Pending>,
     nospace: Arc<AtomicBool>,
     request_timeout: Duration,
 }
@@ -80,7 +84,9 @@ impl Applier {
             .as_millis() as u64;
         let first = ((member_id & 0xffff) << 48) | ((millis << 8) & 0xffff_ffff_ffff);
         let (reads, rx) = mpsc::unbounded_channel();
+        let (batcher, pending) = mpsc::unbounded_channel();
         let applier = Applier {
+            batcher,
             raft,
             member_id,
             waiters,
@@ -92,6 +98,7 @@ impl Applier {
             request_timeout: Duration::from_secs(5) + 2 * election_timeout,
         };
         tokio::spawn(read_rounds(applier.clone(), rx));
+        tokio::spawn(batch_rounds(applier.clone(), pending));
         applier
     }
 
@@ -139,14 +146,23 @@ impl Applier {
         }
     }
 
-    /// Gets the proposal appended to the log: locally on the leader, else by the leader.
-    /// Retries only when it is certain the proposal was not appended.
-    async fn submit(&self, proposal: Proposal) -> Result<(), Status> {
+    /// Gets the proposal appended to the log, in a batch with whatever else is waiting.
+    pub async fn submit(&self, proposal: Proposal) -> Result<(), Status> {
+        let (done, rx) = oneshot::channel();
+        self.batcher
+            .send(Pending { proposal, done })
+            .map_err(|_| Status::from(EtcdError::Stopped))?;
+        rx.await.map_err(|_| Status::from(EtcdError::Stopped))?
+    }
+
+    /// Gets one batch appended: locally on the leader, else by the leader. Retries only when
+    /// it is certain the batch was not appended.
+    async fn deliver(&self, batch: ProposalBatch) -> Result<(), Status> {
         loop {
             match self.leader() {
                 None => tokio::time::sleep(NO_LEADER_WAIT).await,
                 Some(leader) if leader == self.member_id => {
-                    match self.raft.client_write(proposal.clone()).await {
+                    match self.raft.client_write(batch.clone()).await {
                         Ok(_) => return Ok(()),
                         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                             tokio::time::sleep(NO_LEADER_WAIT).await
@@ -157,7 +173,7 @@ impl Applier {
                         }
                     }
                 }
-                Some(leader) => match self.peers.propose(leader, proposal.to_internal()).await {
+                Some(leader) => match self.peers.propose(leader, batch.to_internal()).await {
                     Ok(()) => return Ok(()),
                     Err(e) if crate::peer::is_not_leader(&e) => {
                         tokio::time::sleep(NO_LEADER_WAIT).await
@@ -281,6 +297,65 @@ impl Applier {
     /// Whether the NOSPACE alarm is raised (as last applied).
     pub fn nospace(&self) -> bool {
         self.nospace.load(Ordering::Acquire)
+    }
+}
+
+/// A proposal waiting to be put in a batch, and who to tell once the batch is appended.
+pub struct Pending {
+    proposal: Proposal,
+    done: oneshot::Sender<Result<(), Status>>,
+}
+
+/// Entries (batches) under way at once: one being made durable and replicated while the next
+/// one fills.
+const BATCHES_IN_FLIGHT: usize = 2;
+/// Proposals in one entry at most.
+const BATCH_PROPOSALS_MAX: usize = 1024;
+/// Request bytes in one entry at most (a batch of big values stays a reasonable message).
+const BATCH_BYTES_MAX: usize = 4 << 20;
+
+fn approx_size(req: &WriteRequest) -> usize {
+    use prost::Message;
+    match req {
+        WriteRequest::Put(p) => p.key.len() + p.value.len() + 16,
+        WriteRequest::DeleteRange(d) => d.key.len() + d.range_end.len() + 16,
+        WriteRequest::Txn(t) => t.encoded_len(),
+        _ => 32,
+    }
+}
+
+/// Takes proposals as they come and delivers them in batches (see the module comment).
+async fn batch_rounds(applier: Applier, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Wait for a free slot first: what arrives meanwhile joins this batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = approx_size(&first.proposal.req);
+        let mut waiting = vec![first];
+        while waiting.len() < BATCH_PROPOSALS_MAX && bytes < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += approx_size(&p.proposal.req);
+                    waiting.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let applier = applier.clone();
+        tokio::spawn(async move {
+            let (proposals, dones): (Vec<Proposal>, Vec<_>) =
+                waiting.into_iter().map(|p| (p.proposal, p.done)).unzip();
+            let result = applier.deliver(ProposalBatch(proposals)).await;
+            drop(slot);
+            for done in dones {
+                let _ = done.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(s) => Err(Status::new(s.code(), s.message())),
+                });
+            }
+        });
     }
 }
 

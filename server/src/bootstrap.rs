@@ -190,7 +190,7 @@ pub async fn start_raft(
 /// Serves the Raft and peer services on every `--listen-peer-urls` address until `stop`.
 pub async fn serve_peers(
     config: &Config,
-    raft: Raft,
+    applier: crate::applier::Applier,
     identity: Identity,
     lessor: Arc<Lessor>,
     mut stop: watch::Receiver<bool>,
@@ -210,8 +210,9 @@ pub async fn serve_peers(
         }
         conn
     });
+    let raft = applier.raft().clone();
     let peer = etcd_proto::cairnraftpb::peer_server::PeerServer::new(PeerService::new(
-        raft.clone(),
+        applier,
         identity.member_id,
         identity.cluster_id,
         lessor,

@@ -71,6 +71,7 @@ fn main() -> anyhow::Result<()> {
                 .delete_meta(&[
                     raftlog::state_machine::META_RAFT_APPLIED,
                     raftlog::state_machine::META_RAFT_MEMBERSHIP,
+                    raftlog::state_machine::META_RAFT_PARTIAL,
                 ])
                 .and_then(|()| writer.sync())
                 .context("resetting the Raft position of the restored store")?;

@@ -13,9 +13,11 @@ use etcd_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
 };
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use raftlog::network::{peer_channel, PEER_MESSAGE_MAX};
-use raftlog::{Proposal, Raft};
+use raftlog::{ProposalBatch, Raft};
+
+use crate::applier::Applier;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -76,8 +78,8 @@ impl PeerClients {
             .max_encoding_message_size(PEER_MESSAGE_MAX))
     }
 
-    /// Asks the leader to append a proposal.
-    pub async fn propose(&self, leader: u64, req: pb::InternalRequest) -> Result<(), Status> {
+    /// Asks the leader to append a batch of proposals.
+    pub async fn propose(&self, leader: u64, req: pb::InternalBatch) -> Result<(), Status> {
         self.client(leader)?.propose(req).await.map(|_| ())
     }
 
@@ -129,15 +131,17 @@ impl PeerClients {
 /// The answering side, served on the peer port.
 pub struct PeerService {
     raft: Raft,
+    applier: Applier,
     member_id: u64,
     cluster_id: u64,
     lessor: Arc<Lessor>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, member_id: u64, cluster_id: u64, lessor: Arc<Lessor>) -> PeerService {
+    pub fn new(applier: Applier, member_id: u64, cluster_id: u64, lessor: Arc<Lessor>) -> PeerService {
         PeerService {
-            raft,
+            raft: applier.raft().clone(),
+            applier,
             member_id,
             cluster_id,
             lessor,
@@ -153,17 +157,19 @@ impl PeerService {
 impl pb::peer_server::Peer for PeerService {
     async fn propose(
         &self,
-        req: Request<pb::InternalRequest>,
+        req: Request<pb::InternalBatch>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
-        let proposal = Proposal::from_internal(req.into_inner())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.raft.client_write(proposal).await {
-            Ok(r) => Ok(Response::new(pb::ProposeResponse {
-                index: r.log_id.index,
-            })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(not_leader()),
-            Err(e) => Err(Status::unavailable(e.to_string())),
+        if !self.is_leader() {
+            return Err(not_leader());
         }
+        let batch = ProposalBatch::from_internal(req.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Into this leader's own batches, with its local proposals.
+        let submitted = batch.0.into_iter().map(|p| self.applier.submit(p));
+        for result in futures::future::join_all(submitted).await {
+            result?;
+        }
+        Ok(Response::new(pb::ProposeResponse { index: 0 }))
     }
 
     async fn read_index(

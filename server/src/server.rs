@@ -143,7 +143,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let peer_server =
-        bootstrap::serve_peers(&config, raft.clone(), identity, lessor.clone(), stop_rx.clone())
+        bootstrap::serve_peers(&config, applier.clone(), identity, lessor.clone(), stop_rx.clone())
             .await?;
     let background = [
         tokio::spawn(lease::run_expiry(node.clone(), stop_rx.clone())),

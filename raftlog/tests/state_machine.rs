@@ -1,0 +1,108 @@
+//! The state machine's recovery rules: an entry carries a batch of proposals, and a crash
+//! part-way through applying it must neither repeat nor skip a proposal when the entry is
+//! applied again; an entry whose last proposal is refused is still recorded as applied.
+
+use std::sync::{Arc, Mutex};
+
+use etcd_proto::etcdserverpb::{PutRequest, RangeRequest};
+use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
+use raftlog::state_machine::{META_RAFT_PARTIAL, StateMachine};
+use raftlog::types::{log_id, Entry};
+use raftlog::{AppliedProposal, ApplyObserver, Proposal, ProposalBatch};
+use store::{BackendOptions, Store, WriteRequest};
+
+#[derive(Default)]
+struct Seen(Mutex<Vec<(u64, bool)>>);
+
+impl ApplyObserver for Seen {
+    fn applied(&self, proposals: Vec<AppliedProposal>, _revision: i64) {
+        let mut seen = self.0.lock().unwrap();
+        seen.extend(proposals.iter().map(|p| (p.id, p.result.is_ok())));
+    }
+    fn restored(&self, _revision: i64) {}
+}
+
+fn put(key: &str, lease: i64) -> WriteRequest {
+    WriteRequest::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    })
+}
+
+fn entry(index: u64, reqs: Vec<(u64, WriteRequest)>) -> Entry {
+    Entry {
+        log_id: log_id(1, 7, index),
+        payload: EntryPayload::Normal(ProposalBatch(
+            reqs.into_iter().map(|(id, req)| Proposal { id, req }).collect(),
+        )),
+    }
+}
+
+fn open(dir: &std::path::Path, seen: Arc<Seen>) -> StateMachine {
+    let (_, writer) = Store::open(&dir.join("kv"), &BackendOptions::default()).unwrap();
+    StateMachine::open(writer, &dir.join("snap"), seen).unwrap()
+}
+
+fn versions(sm: &StateMachine, key: &str) -> (i64, i64) {
+    let r = store::range::execute(
+        sm.store(),
+        &RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let kv = &r.kvs[0];
+    (kv.create_revision, kv.version)
+}
+
+#[tokio::test]
+async fn an_entry_interrupted_part_way_is_finished_without_repeating_a_proposal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Seen::default());
+    let mut sm = open(tmp.path(), seen.clone());
+    sm.apply(vec![entry(1, vec![(1, put("a", 0)), (2, put("b", 0))])])
+        .await
+        .unwrap();
+    assert_eq!(sm.store().current_revision(), 3);
+    drop(sm);
+
+    // What a crash leaves after the first proposal of entry 2: its write, and the progress
+    // record naming entry 2 with one proposal done; the applied log id still says entry 1.
+    {
+        let (_, mut writer) = Store::open(&tmp.path().join("kv"), &BackendOptions::default()).unwrap();
+        let progress = serde_json::to_vec(&(2u64, 1usize)).unwrap();
+        writer.apply_with(&put("c", 0), &[(META_RAFT_PARTIAL, &progress)]).unwrap();
+    }
+    let mut sm = open(tmp.path(), seen.clone());
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 1, "entry 2 is not recorded as applied");
+    // openraft hands entry 2 over again.
+    sm.apply(vec![entry(2, vec![(3, put("c", 0)), (4, put("d", 0))])])
+        .await
+        .unwrap();
+    assert_eq!(versions(&sm, "c"), (4, 1), "c written once, at revision 4");
+    assert_eq!(versions(&sm, "d"), (5, 1));
+    assert_eq!(sm.store().current_revision(), 5);
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 2);
+
+    // An entry whose last proposal is refused (no such lease) is recorded as applied all the
+    // same, so a restart does not apply its first proposal twice.
+    sm.apply(vec![entry(3, vec![(5, put("e", 0)), (6, put("f", 999))])])
+        .await
+        .unwrap();
+    drop(sm);
+    let mut sm = open(tmp.path(), seen.clone());
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 3);
+    assert_eq!(sm.store().current_revision(), 6);
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        vec![(1, true), (2, true), (4, true), (5, true), (6, false)],
+        "the proposal applied before the crash is not reported again"
+    );
+}
