@@ -108,9 +108,11 @@ impl LogStore {
 
     fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StorageError> {
         let st = self.state.lock().expect("log lock");
-        let (Some(last), first) = (st.last, st.purged.map_or(0, |p| p.index + 1)) else {
+        // The log may start anywhere (after a purge, or at index 1 rather than 0).
+        let (Some(last), Some(wal_first)) = (st.last, st.wal.first_index()) else {
             return Ok(Vec::new());
         };
+        let first = st.purged.map_or(0, |p| p.index + 1).max(wal_first);
         let start = match range.start_bound() {
             Bound::Included(&s) => s,
             Bound::Excluded(&s) => s + 1,

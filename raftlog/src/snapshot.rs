@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use openraft::storage::RaftSnapshotBuilder;
 use openraft::StorageIOError;
 use store::{Store, Writer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::meta;
 use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const RECEIVING: &str = "receiving.part";
-const INSTALL_MARKER: &str = "installing";
+/// Names the archive being installed while an install is under way.
+pub const INSTALL_MARKER: &str = "installing";
 const RESTORE_DIR: &str = "restore.tmp";
 
 fn snap_err(e: impl std::fmt::Display) -> StorageError {
@@ -114,11 +115,17 @@ impl SnapshotFiles {
         mut file: Box<tokio::fs::File>,
         writer: &mut Writer,
     ) -> Result<(), StorageError> {
+        // The data is read back through the handle openraft gives, wherever it was written.
         file.flush().await.map_err(snap_err)?;
-        file.sync_all().await.map_err(snap_err)?;
-        drop(file);
+        file.seek(std::io::SeekFrom::Start(0)).await.map_err(snap_err)?;
         let name = name_of(m.last_log_id);
-        std::fs::rename(self.dir.join(RECEIVING), self.archive(&name)).map_err(snap_err)?;
+        let tmp = self.dir.join(format!("{name}.snap.tmp"));
+        let mut out = tokio::fs::File::create(&tmp).await.map_err(snap_err)?;
+        tokio::io::copy(&mut *file, &mut out).await.map_err(snap_err)?;
+        out.sync_all().await.map_err(snap_err)?;
+        drop((file, out));
+        std::fs::rename(&tmp, self.archive(&name)).map_err(snap_err)?;
+        let _ = std::fs::remove_file(self.dir.join(RECEIVING));
         meta::write_atomically(&self.dir, INSTALL_MARKER, name.as_bytes()).map_err(snap_err)?;
         self.restore(&name, writer).map_err(snap_err)?;
         self.commit(&name, m).map_err(snap_err)?;

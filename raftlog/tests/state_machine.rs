@@ -106,3 +106,41 @@ async fn an_entry_interrupted_part_way_is_finished_without_repeating_a_proposal(
         "the proposal applied before the crash is not reported again"
     );
 }
+
+#[tokio::test]
+async fn a_snapshot_install_interrupted_by_a_crash_is_finished_on_start() {
+    use openraft::storage::RaftSnapshotBuilder;
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Seen::default());
+    let mut leader = open(leader_dir.path(), seen.clone());
+    leader
+        .apply(vec![entry(1, vec![(1, put("a", 0)), (2, put("b", 0))]), entry(2, vec![(3, put("a", 0))])])
+        .await
+        .unwrap();
+    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let name = snapshot.meta.snapshot_id.clone();
+    let want = leader.store().hash_all().unwrap();
+    let want_rev = leader.store().current_revision();
+    drop(leader);
+
+    // The follower has state of its own, then crashes after keeping the archive and writing the
+    // marker (before or during the rewrite of its store).
+    let mut follower = open(follower_dir.path(), seen.clone());
+    follower.apply(vec![entry(1, vec![(9, put("zzz", 0))])]).await.unwrap();
+    drop(follower);
+    let snap_dir = follower_dir.path().join("snap");
+    std::fs::copy(
+        leader_dir.path().join("snap").join(format!("{name}.snap")),
+        snap_dir.join(format!("{name}.snap")),
+    )
+    .unwrap();
+    raftlog::meta::write_atomically(&snap_dir, raftlog::snapshot::INSTALL_MARKER, name.as_bytes()).unwrap();
+
+    let mut follower = open(follower_dir.path(), seen);
+    assert_eq!(follower.store().hash_all().unwrap(), want, "the follower holds the snapshot");
+    assert_eq!(follower.store().current_revision(), want_rev);
+    let (applied, _) = follower.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 2);
+    assert!(!snap_dir.join(raftlog::snapshot::INSTALL_MARKER).exists());
+}
