@@ -73,12 +73,19 @@ impl LogStore {
         let purged: Option<LogId> = read_json(dir, PURGED_FILE)?;
         let committed: Option<LogId> = read_json(dir, COMMITTED_FILE)?;
         let mut last = purged;
-        if let Some(index) = wal.last_index().filter(|&i| purged.is_none_or(|p| i > p.index)) {
+        if let Some(index) = wal
+            .last_index()
+            .filter(|&i| purged.is_none_or(|p| i > p.index))
+        {
             let bytes = wal
                 .get(index)
                 .map_err(|e| e.to_string())?
                 .ok_or("the last log entry vanished")?;
-            last = Some(decode_wal_entry(index, &bytes).map_err(|e| e.to_string())?.log_id);
+            last = Some(
+                decode_wal_entry(index, &bytes)
+                    .map_err(|e| e.to_string())?
+                    .log_id,
+            );
         }
         let state = Arc::new(Mutex::new(State {
             wal,
@@ -203,8 +210,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        write_json(&self.dir, VOTE_FILE, vote)
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+        write_json(&self.dir, VOTE_FILE, vote).map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -230,7 +236,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.state.lock().expect("log lock").committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -256,9 +266,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         // The flusher syncs after taking this job, so the sync covers the write above.
-        self.flusher
-            .send(callback)
-            .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("log flusher stopped")))?;
+        self.flusher.send(callback).map_err(|_| {
+            StorageIOError::write_logs(&std::io::Error::other("log flusher stopped"))
+        })?;
         Ok(())
     }
 
@@ -270,25 +280,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_logs(&io_error(e)))?;
         st.cache.split_off(&log_id.index);
         st.last = match log_id.index.checked_sub(1) {
-            Some(prev) if st.purged.is_none_or(|p| prev > p.index) => {
-                match st.cache.get(&prev) {
-                    Some(e) => Some(e.log_id),
-                    None => {
-                        let bytes = st
-                            .wal
-                            .get(prev)
-                            .map_err(|e| StorageIOError::read_logs(&io_error(e)))?;
-                        match bytes {
-                            Some(b) => Some(
-                                decode_wal_entry(prev, &b)
-                                    .map_err(|e| StorageIOError::read_logs(&e))?
-                                    .log_id,
-                            ),
-                            None => st.purged,
-                        }
+            Some(prev) if st.purged.is_none_or(|p| prev > p.index) => match st.cache.get(&prev) {
+                Some(e) => Some(e.log_id),
+                None => {
+                    let bytes = st
+                        .wal
+                        .get(prev)
+                        .map_err(|e| StorageIOError::read_logs(&io_error(e)))?;
+                    match bytes {
+                        Some(b) => Some(
+                            decode_wal_entry(prev, &b)
+                                .map_err(|e| StorageIOError::read_logs(&e))?
+                                .log_id,
+                        ),
+                        None => st.purged,
                     }
                 }
-            }
+            },
             _ => st.purged,
         };
         Ok(())
@@ -298,7 +306,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut st = self.state.lock().expect("log lock");
         // Record the purge first: if the segments go and the record does not, the log would
         // look like it starts later than it does.
-        write_json(&self.dir, PURGED_FILE, &Some(log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
+        write_json(&self.dir, PURGED_FILE, &Some(log_id))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         st.purged = Some(log_id);
         if st.last.is_none_or(|l| l.index < log_id.index) {
             st.last = Some(log_id);

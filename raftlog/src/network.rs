@@ -147,12 +147,10 @@ fn transport_err<E: std::error::Error>(status: Status) -> RpcErr<E> {
 }
 
 impl Network {
-    fn client<E: std::error::Error>(
-        &self,
-    ) -> Result<RaftClient<Channel>, RpcErr<E>> {
-        self.client.clone().map_err(|e| {
-            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
-        })
+    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RpcErr<E>> {
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
     }
 
     fn remote<E>(&self, error: &[u8]) -> Option<RpcErr<E>>
@@ -197,7 +195,9 @@ impl RaftNetwork<TypeConfig> for Network {
         use pb::append_entries_response::Result as R;
         Ok(match R::try_from(resp.result).unwrap_or(R::Success) {
             R::Success => AppendEntriesResponse::Success,
-            R::PartialSuccess => AppendEntriesResponse::PartialSuccess(log_id_from_pb(resp.matched)),
+            R::PartialSuccess => {
+                AppendEntriesResponse::PartialSuccess(log_id_from_pb(resp.matched))
+            }
             R::Conflict => AppendEntriesResponse::Conflict,
             R::HigherVote => AppendEntriesResponse::HigherVote(vote_from_pb(resp.vote)),
         })
@@ -314,7 +314,10 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(out))
     }
 
-    async fn vote(&self, req: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+    async fn vote(
+        &self,
+        req: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
         let r = req.into_inner();
         let rpc = VoteRequest {
             vote: vote_from_pb(r.vote),

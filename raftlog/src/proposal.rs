@@ -58,7 +58,9 @@ impl Proposal {
                     id: *id,
                 })
             }
-            WriteRequest::LeaseRevoke { id } => r.lease_revoke = Some(LeaseRevokeRequest { id: *id }),
+            WriteRequest::LeaseRevoke { id } => {
+                r.lease_revoke = Some(LeaseRevokeRequest { id: *id })
+            }
             WriteRequest::Alarm {
                 activate,
                 member_id,
@@ -200,7 +202,10 @@ pub fn encode_wal_entry(entry: &Entry) -> Vec<u8> {
 
 pub fn decode_wal_entry(index: u64, bytes: &[u8]) -> Result<Entry, DecodeError> {
     if bytes.len() < 17 {
-        return Err(DecodeError(format!("entry {index} is {} bytes", bytes.len())));
+        return Err(DecodeError(format!(
+            "entry {index} is {} bytes",
+            bytes.len()
+        )));
     }
     let term = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
     let node = u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes"));
@@ -226,7 +231,10 @@ mod tests {
                 ..Default::default()
             }),
             WriteRequest::Compact { revision: 9 },
-            WriteRequest::LeaseGrant { id: 5, ttl_secs: 10 },
+            WriteRequest::LeaseGrant {
+                id: 5,
+                ttl_secs: 10,
+            },
             WriteRequest::LeaseRevoke { id: 5 },
             WriteRequest::Alarm {
                 activate: true,
@@ -260,12 +268,18 @@ mod tests {
                     .collect(),
             )),
         };
-        assert_eq!(decode_wal_entry(20, &encode_wal_entry(&batch)).unwrap(), batch);
+        assert_eq!(
+            decode_wal_entry(20, &encode_wal_entry(&batch)).unwrap(),
+            batch
+        );
         let blank = Entry {
             log_id: log_id(1, 77, 9),
             payload: EntryPayload::Blank,
         };
-        assert_eq!(decode_wal_entry(9, &encode_wal_entry(&blank)).unwrap(), blank);
+        assert_eq!(
+            decode_wal_entry(9, &encode_wal_entry(&blank)).unwrap(),
+            blank
+        );
         assert!(decode_wal_entry(9, &[0; 16]).is_err());
         let mut unknown_kind = vec![0u8; 16];
         unknown_kind.push(7);

@@ -72,7 +72,8 @@ impl SnapshotFiles {
     /// Records `name` as complete and removes every older snapshot.
     fn commit(&self, name: &str, m: &SnapshotMeta) -> Result<(), String> {
         let json = serde_json::to_vec(m).expect("snapshot metadata serializes");
-        meta::write_atomically(&self.dir, &format!("{name}.meta"), &json).map_err(|e| e.to_string())?;
+        meta::write_atomically(&self.dir, &format!("{name}.meta"), &json)
+            .map_err(|e| e.to_string())?;
         for entry in std::fs::read_dir(&self.dir).map_err(|e| e.to_string())? {
             let entry = entry.map_err(|e| e.to_string())?;
             let file = entry.file_name().to_string_lossy().into_owned();
@@ -89,7 +90,9 @@ impl SnapshotFiles {
         let Some((name, m)) = self.newest().map_err(snap_err)? else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(self.archive(&name)).await.map_err(snap_err)?;
+        let file = tokio::fs::File::open(self.archive(&name))
+            .await
+            .map_err(snap_err)?;
         Ok(Some(Snapshot {
             meta: m,
             snapshot: Box::new(file),
@@ -117,11 +120,15 @@ impl SnapshotFiles {
     ) -> Result<(), StorageError> {
         // The data is read back through the handle openraft gives, wherever it was written.
         file.flush().await.map_err(snap_err)?;
-        file.seek(std::io::SeekFrom::Start(0)).await.map_err(snap_err)?;
+        file.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(snap_err)?;
         let name = name_of(m.last_log_id);
         let tmp = self.dir.join(format!("{name}.snap.tmp"));
         let mut out = tokio::fs::File::create(&tmp).await.map_err(snap_err)?;
-        tokio::io::copy(&mut *file, &mut out).await.map_err(snap_err)?;
+        tokio::io::copy(&mut *file, &mut out)
+            .await
+            .map_err(snap_err)?;
         out.sync_all().await.map_err(snap_err)?;
         drop((file, out));
         std::fs::rename(&tmp, self.archive(&name)).map_err(snap_err)?;

@@ -19,7 +19,9 @@ use openraft::{EntryPayload, OptionalSend, StorageIOError};
 use store::{Applied, Store, WriteRequest, Writer};
 
 use crate::snapshot::{SnapshotBuilder, SnapshotFiles};
-use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 /// `meta` record: the log id of the last applied entry (JSON).
 pub const META_RAFT_APPLIED: &[u8] = b"raft_applied";
@@ -74,10 +76,15 @@ fn sm_write_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(store: &Store, name: &[u8]) -> Result<Option<T>, String> {
+fn read_meta<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    name: &[u8],
+) -> Result<Option<T>, String> {
     match store.meta(name).map_err(|e| e.to_string())? {
         None => Ok(None),
-        Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| e.to_string()),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -247,7 +254,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        self.snapshots.install(meta, snapshot, &mut self.writer).await?;
+        self.snapshots
+            .install(meta, snapshot, &mut self.writer)
+            .await?;
         let store = self.writer.store().clone();
         self.applied = read_meta(&store, META_RAFT_APPLIED).map_err(sm_read_err)?;
         self.membership = read_meta(&store, META_RAFT_MEMBERSHIP)

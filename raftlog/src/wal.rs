@@ -265,9 +265,7 @@ impl Wal {
         let path = segment_path(&self.dir, segment);
         let active: &File = self.active.as_deref().expect("active");
         let mut active = active;
-        active
-            .write_all(buf)
-            .map_err(io_err(&path))?;
+        active.write_all(buf).map_err(io_err(&path))?;
         self.active_len += buf.len() as u64;
         for (index, offset, len) in pending.drain(..) {
             self.index.insert(

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use etcd_proto::etcdserverpb::{PutRequest, RangeRequest};
 use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
-use raftlog::state_machine::{META_RAFT_PARTIAL, StateMachine};
+use raftlog::state_machine::{StateMachine, META_RAFT_PARTIAL};
 use raftlog::types::{log_id, Entry};
 use raftlog::{AppliedProposal, ApplyObserver, Proposal, ProposalBatch};
 use store::{BackendOptions, Store, WriteRequest};
@@ -36,7 +36,9 @@ fn entry(index: u64, reqs: Vec<(u64, WriteRequest)>) -> Entry {
     Entry {
         log_id: log_id(1, 7, index),
         payload: EntryPayload::Normal(ProposalBatch(
-            reqs.into_iter().map(|(id, req)| Proposal { id, req }).collect(),
+            reqs.into_iter()
+                .map(|(id, req)| Proposal { id, req })
+                .collect(),
         )),
     }
 }
@@ -73,13 +75,20 @@ async fn an_entry_interrupted_part_way_is_finished_without_repeating_a_proposal(
     // What a crash leaves after the first proposal of entry 2: its write, and the progress
     // record naming entry 2 with one proposal done; the applied log id still says entry 1.
     {
-        let (_, mut writer) = Store::open(&tmp.path().join("kv"), &BackendOptions::default()).unwrap();
+        let (_, mut writer) =
+            Store::open(&tmp.path().join("kv"), &BackendOptions::default()).unwrap();
         let progress = serde_json::to_vec(&(2u64, 1usize)).unwrap();
-        writer.apply_with(&put("c", 0), &[(META_RAFT_PARTIAL, &progress)]).unwrap();
+        writer
+            .apply_with(&put("c", 0), &[(META_RAFT_PARTIAL, &progress)])
+            .unwrap();
     }
     let mut sm = open(tmp.path(), seen.clone());
     let (applied, _) = sm.applied_state().await.unwrap();
-    assert_eq!(applied.unwrap().index, 1, "entry 2 is not recorded as applied");
+    assert_eq!(
+        applied.unwrap().index,
+        1,
+        "entry 2 is not recorded as applied"
+    );
     // openraft hands entry 2 over again.
     sm.apply(vec![entry(2, vec![(3, put("c", 0)), (4, put("d", 0))])])
         .await
@@ -115,10 +124,18 @@ async fn a_snapshot_install_interrupted_by_a_crash_is_finished_on_start() {
     let seen = Arc::new(Seen::default());
     let mut leader = open(leader_dir.path(), seen.clone());
     leader
-        .apply(vec![entry(1, vec![(1, put("a", 0)), (2, put("b", 0))]), entry(2, vec![(3, put("a", 0))])])
+        .apply(vec![
+            entry(1, vec![(1, put("a", 0)), (2, put("b", 0))]),
+            entry(2, vec![(3, put("a", 0))]),
+        ])
         .await
         .unwrap();
-    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let name = snapshot.meta.snapshot_id.clone();
     let want = leader.store().hash_all().unwrap();
     let want_rev = leader.store().current_revision();
@@ -127,7 +144,10 @@ async fn a_snapshot_install_interrupted_by_a_crash_is_finished_on_start() {
     // The follower has state of its own, then crashes after keeping the archive and writing the
     // marker (before or during the rewrite of its store).
     let mut follower = open(follower_dir.path(), seen.clone());
-    follower.apply(vec![entry(1, vec![(9, put("zzz", 0))])]).await.unwrap();
+    follower
+        .apply(vec![entry(1, vec![(9, put("zzz", 0))])])
+        .await
+        .unwrap();
     drop(follower);
     let snap_dir = follower_dir.path().join("snap");
     std::fs::copy(
@@ -135,10 +155,19 @@ async fn a_snapshot_install_interrupted_by_a_crash_is_finished_on_start() {
         snap_dir.join(format!("{name}.snap")),
     )
     .unwrap();
-    raftlog::meta::write_atomically(&snap_dir, raftlog::snapshot::INSTALL_MARKER, name.as_bytes()).unwrap();
+    raftlog::meta::write_atomically(
+        &snap_dir,
+        raftlog::snapshot::INSTALL_MARKER,
+        name.as_bytes(),
+    )
+    .unwrap();
 
     let mut follower = open(follower_dir.path(), seen);
-    assert_eq!(follower.store().hash_all().unwrap(), want, "the follower holds the snapshot");
+    assert_eq!(
+        follower.store().hash_all().unwrap(),
+        want,
+        "the follower holds the snapshot"
+    );
     assert_eq!(follower.store().current_revision(), want_rev);
     let (applied, _) = follower.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index, 2);

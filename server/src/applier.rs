@@ -255,7 +255,10 @@ impl Applier {
     }
 
     /// Makes a membership change on the leader; returns the member added, if any.
-    pub async fn change_member(&self, req: MemberChangeRequest) -> Result<Option<MemberAttrs>, Status> {
+    pub async fn change_member(
+        &self,
+        req: MemberChangeRequest,
+    ) -> Result<Option<MemberAttrs>, Status> {
         self.on_leader(
             || crate::membership::change(&self.raft, req.clone()),
             |leader| self.peers.change_member(leader, req.clone()),

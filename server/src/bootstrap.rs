@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use etcd_proto::cairnraftpb::peer_client::PeerClient;
-use etcd_proto::cairnraftpb::{member_change_request::Kind, MemberAttrs, MemberChangeRequest, MembersRequest};
+use etcd_proto::cairnraftpb::{
+    member_change_request::Kind, MemberAttrs, MemberChangeRequest, MembersRequest,
+};
 use futures::StreamExt;
 use openraft::SnapshotPolicy;
 use raftlog::network::{NetworkFactory, RaftService};
@@ -133,7 +135,9 @@ async fn identity_from_cluster(config: &Config) -> Result<Identity, String> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    Err(format!("cannot fetch cluster info from peer urls: {last_error}"))
+    Err(format!(
+        "cannot fetch cluster info from peer urls: {last_error}"
+    ))
 }
 
 /// Opens the log and state machine and starts openraft.
@@ -181,7 +185,16 @@ pub async fn start_raft(
             // Alone in the cluster: no one to wait for, campaign now.
             let _ = raft.trigger().elect().await;
         }
-    } else if initialized && raft.metrics().borrow().membership_config.membership().voter_ids().count() == 1 {
+    } else if initialized
+        && raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+            == 1
+    {
         let _ = raft.trigger().elect().await;
     }
     Ok(raft)
@@ -197,10 +210,12 @@ pub async fn serve_peers(
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let mut incoming = Vec::new();
     for addr in &config.listen_peer {
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Io {
-            context: format!("listening for peers on {addr}"),
-            source,
-        })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Io {
+                context: format!("listening for peers on {addr}"),
+                source,
+            })?;
         tracing::info!(address = %addr, "serving peer traffic");
         incoming.push(TcpListenerStream::new(listener));
     }
@@ -261,7 +276,10 @@ pub async fn follow_leadership(
         }
         was_member |= is_member;
         if now_leading && !leading {
-            tracing::info!(member_id = format!("{member_id:x}"), "became leader; refreshing lease TTLs");
+            tracing::info!(
+                member_id = format!("{member_id:x}"),
+                "became leader; refreshing lease TTLs"
+            );
             lessor.refresh_all(tokio::time::Instant::now());
         }
         leading = now_leading;
@@ -274,7 +292,11 @@ pub async fn follow_leadership(
 
 /// Publishes this member's name and client URLs into the membership (etcd's `publish`), once
 /// a leader is there to take it; retries until it is recorded or `stop` fires.
-pub async fn publish(applier: crate::applier::Applier, me: crate::member::Member, mut stop: watch::Receiver<bool>) {
+pub async fn publish(
+    applier: crate::applier::Applier,
+    me: crate::member::Member,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let recorded = crate::membership::members(applier.raft())
             .into_iter()

@@ -32,7 +32,12 @@ impl ClusterService {
             .collect()
     }
 
-    async fn change(&self, kind: Kind, member: MemberAttrs, is_learner: bool) -> Result<Option<MemberAttrs>, Status> {
+    async fn change(
+        &self,
+        kind: Kind,
+        member: MemberAttrs,
+        is_learner: bool,
+    ) -> Result<Option<MemberAttrs>, Status> {
         let req = MemberChangeRequest {
             kind: kind as i32,
             member: Some(member),
@@ -77,7 +82,8 @@ impl Cluster for ClusterService {
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         self.node.reject_learner()?;
-        self.change(Kind::Remove, with_id(r.into_inner().id), false).await?;
+        self.change(Kind::Remove, with_id(r.into_inner().id), false)
+            .await?;
         Ok(Response::new(MemberRemoveResponse {
             header: Some(self.node.current_header()),
             members: self.members(),
@@ -119,7 +125,8 @@ impl Cluster for ClusterService {
         &self,
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.change(Kind::Promote, with_id(r.into_inner().id), false).await?;
+        self.change(Kind::Promote, with_id(r.into_inner().id), false)
+            .await?;
         Ok(Response::new(MemberPromoteResponse {
             header: Some(self.node.current_header()),
             members: self.members(),

@@ -72,10 +72,12 @@ impl EtcdError {
             LeaseExist | MemberNotLearner | BadLeaderTransferee | AuthNotEnabled | NotLeader => {
                 Code::FailedPrecondition
             }
-            Stopped | Timeout | NoLeader | LeaderChanged | LeaderTransferTimeout
-            | NotSupportedForLearner => {
-                Code::Unavailable
-            }
+            Stopped
+            | Timeout
+            | NoLeader
+            | LeaderChanged
+            | LeaderTransferTimeout
+            | NotSupportedForLearner => Code::Unavailable,
             Corrupt => Code::DataLoss,
         }
     }

@@ -103,14 +103,20 @@ pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<Memb
     let changes: ChangeMembers<u64, Member> = match kind {
         Kind::Add => {
             if target.peer_urls.is_empty() || !target.peer_urls.iter().all(|u| valid_url(u)) {
-                return Err(status(InvalidArgument, "etcdserver: given member URLs are invalid"));
+                return Err(status(
+                    InvalidArgument,
+                    "etcdserver: given member URLs are invalid",
+                ));
             }
             let taken = current
                 .iter()
                 .flat_map(|m| m.peer_urls.iter())
                 .any(|u| target.peer_urls.contains(u));
             if taken {
-                return Err(status(FailedPrecondition, "etcdserver: Peer URLs already exists"));
+                return Err(status(
+                    FailedPrecondition,
+                    "etcdserver: Peer URLs already exists",
+                ));
             }
             if req.is_learner && current.iter().filter(|m| m.is_learner).count() >= LEARNERS_MAX {
                 return Err(status(
@@ -120,7 +126,10 @@ pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<Memb
             }
             let id = new_member_id(&target.peer_urls);
             if find(id).is_some() {
-                return Err(status(FailedPrecondition, "etcdserver: member ID already exist"));
+                return Err(status(
+                    FailedPrecondition,
+                    "etcdserver: member ID already exist",
+                ));
             }
             let added = MemberAttrs {
                 id,
@@ -131,7 +140,9 @@ pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<Memb
             };
             let node = node_of(&added);
             if req.is_learner {
-                raft.add_learner(id, node, false).await.map_err(change_err)?;
+                raft.add_learner(id, node, false)
+                    .await
+                    .map_err(change_err)?;
             } else {
                 let voters = BTreeMap::from([(id, node)]);
                 raft.change_membership(ChangeMembers::AddVoters(voters), false)
@@ -152,7 +163,10 @@ pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<Memb
         Kind::Update => {
             let mut m = find(target.id).ok_or_else(|| Status::from(EtcdError::MemberNotFound))?;
             if target.peer_urls.is_empty() || !target.peer_urls.iter().all(|u| valid_url(u)) {
-                return Err(status(InvalidArgument, "etcdserver: given member URLs are invalid"));
+                return Err(status(
+                    InvalidArgument,
+                    "etcdserver: given member URLs are invalid",
+                ));
             }
             let taken = current
                 .iter()
@@ -160,7 +174,10 @@ pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<Memb
                 .flat_map(|o| o.peer_urls.iter())
                 .any(|u| target.peer_urls.contains(u));
             if taken {
-                return Err(status(FailedPrecondition, "etcdserver: Peer URLs already exists"));
+                return Err(status(
+                    FailedPrecondition,
+                    "etcdserver: Peer URLs already exists",
+                ));
             }
             m.peer_urls = target.peer_urls.clone();
             ChangeMembers::SetNodes(BTreeMap::from([(m.id, node_of(&m))]))

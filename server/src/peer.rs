@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use etcd_proto::cairnraftpb as pb;
 use etcd_proto::cairnraftpb::peer_client::PeerClient;
 use etcd_proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use openraft::error::RaftError;
 use raftlog::network::{peer_channel, PEER_MESSAGE_MAX};
@@ -108,17 +107,28 @@ impl PeerClients {
         leader: u64,
         req: pb::MemberChangeRequest,
     ) -> Result<Option<pb::MemberAttrs>, Status> {
-        Ok(self.client(leader)?.change_member(req).await?.into_inner().member)
+        Ok(self
+            .client(leader)?
+            .change_member(req)
+            .await?
+            .into_inner()
+            .member)
     }
 
     /// Tells `member` to campaign now (leadership transfer).
     pub async fn timeout_now(&self, member: u64) -> Result<(), Status> {
-        self.client(member)?.timeout_now(pb::TimeoutNowRequest {}).await?;
+        self.client(member)?
+            .timeout_now(pb::TimeoutNowRequest {})
+            .await?;
         Ok(())
     }
 
     /// The leader's view of a lease: (remaining TTL, granted TTL); `None` if unknown.
-    pub async fn lease_time_to_live(&self, leader: u64, id: i64) -> Result<Option<(i64, i64)>, Status> {
+    pub async fn lease_time_to_live(
+        &self,
+        leader: u64,
+        id: i64,
+    ) -> Result<Option<(i64, i64)>, Status> {
         let r = self
             .client(leader)?
             .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
@@ -138,7 +148,12 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    pub fn new(applier: Applier, member_id: u64, cluster_id: u64, lessor: Arc<Lessor>) -> PeerService {
+    pub fn new(
+        applier: Applier,
+        member_id: u64,
+        cluster_id: u64,
+        lessor: Arc<Lessor>,
+    ) -> PeerService {
         PeerService {
             raft: applier.raft().clone(),
             applier,

@@ -9,12 +9,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use etcd_proto::etcdserverpb::auth_server::AuthServer;
-use etcd_proto::etcdserverpb::AlarmType;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
+use etcd_proto::etcdserverpb::AlarmType;
 use futures::StreamExt;
 use store::{BackendOptions, Store};
 use tokio::net::TcpListener;
@@ -22,10 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::applier::{Applier, Waiters};
-use crate::bootstrap;
-use crate::observer::Observer;
-use crate::peer::PeerClients;
 use crate::auth::AuthService;
+use crate::bootstrap;
 use crate::cluster::ClusterService;
 use crate::compactor::{self, Compactor};
 use crate::config::Config;
@@ -36,6 +34,8 @@ use crate::maintenance::MaintenanceService;
 use crate::member::Member;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::observer::Observer;
+use crate::peer::PeerClients;
 use crate::watch::WatchService;
 use crate::watch_hub::WatchHub;
 
@@ -142,9 +142,14 @@ pub async fn run(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let peer_server =
-        bootstrap::serve_peers(&config, applier.clone(), identity, lessor.clone(), stop_rx.clone())
-            .await?;
+    let peer_server = bootstrap::serve_peers(
+        &config,
+        applier.clone(),
+        identity,
+        lessor.clone(),
+        stop_rx.clone(),
+    )
+    .await?;
     let background = [
         tokio::spawn(lease::run_expiry(node.clone(), stop_rx.clone())),
         tokio::spawn(compactor::run_auto(

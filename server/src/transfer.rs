@@ -38,7 +38,10 @@ pub async fn move_leader(node: &Node, target: u64) -> Result<(), Status> {
     // openraft's leader lease is the maximum election timeout (twice the flag).
     let lease = election * 2;
     let deadline = Instant::now() + Duration::from_secs(5) + 2 * lease;
-    tracing::info!(target = format!("{target:x}"), "leadership transfer starting");
+    tracing::info!(
+        target = format!("{target:x}"),
+        "leadership transfer starting"
+    );
     // 1. The target must hold the leader's whole log to be electable at once.
     loop {
         let caught_up = {
@@ -68,7 +71,10 @@ pub async fn move_leader(node: &Node, target: u64) -> Result<(), Status> {
         }
         Ok(()) => loop {
             if node.applier.leader() == Some(target) {
-                tracing::info!(target = format!("{target:x}"), "leadership transfer finished");
+                tracing::info!(
+                    target = format!("{target:x}"),
+                    "leadership transfer finished"
+                );
                 break Ok(());
             }
             if Instant::now() >= deadline {

@@ -54,7 +54,10 @@ impl Writer {
         let current = read_i64(backend::META_CURRENT_REV)?.unwrap_or(0).max(1);
         let compacted = read_i64(backend::META_SCHEDULED_COMPACT)?.unwrap_or(NEVER_COMPACTED);
         self.rev = current;
-        self.store.inner.compacted.store(compacted, Ordering::Release);
+        self.store
+            .inner
+            .compacted
+            .store(compacted, Ordering::Release);
         self.publish();
         Ok(())
     }

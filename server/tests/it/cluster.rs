@@ -44,7 +44,15 @@ async fn etcdctl_reads_and_writes_through_every_member() {
             // A serializable read may trail by a heartbeat; a linearizable one may not.
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                let (ok, out) = ctl(ep, &["get", "k", "--prefix", &format!("--consistency={consistency}")]);
+                let (ok, out) = ctl(
+                    ep,
+                    &[
+                        "get",
+                        "k",
+                        "--prefix",
+                        &format!("--consistency={consistency}"),
+                    ],
+                );
                 if out == "k0\nv0\nk1\nv1\nk2\nv2\n" {
                     break;
                 }
@@ -60,8 +68,14 @@ async fn etcdctl_reads_and_writes_through_every_member() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, out) = ctl(&eps[1], &["member", "list"]);
-        let started = out.lines().filter(|l| l.contains(", started, infra")).count();
-        let with_clients = eps.iter().filter(|ep| out.contains(&format!("http://{ep}"))).count();
+        let started = out
+            .lines()
+            .filter(|l| l.contains(", started, infra"))
+            .count();
+        let with_clients = eps
+            .iter()
+            .filter(|ep| out.contains(&format!("http://{ep}")))
+            .count();
         if started == 3 && with_clients == 3 {
             break;
         }
@@ -77,7 +91,10 @@ async fn etcdctl_reads_and_writes_through_every_member() {
     let (ok, out) = ctl(&eps[1], &["lease", "keep-alive", "--once", &lease]);
     assert!(ok && out.contains("keepalived with TTL(60)"), "{out}");
     let (ok, out) = ctl(&eps[1], &["lease", "timetolive", &lease, "--keys"]);
-    assert!(ok && out.contains("granted with TTL(60s)") && out.contains("attached keys([leased])"), "{out}");
+    assert!(
+        ok && out.contains("granted with TTL(60s)") && out.contains("attached keys([leased])"),
+        "{out}"
+    );
     let (ok, out) = ctl(&eps[0], &["lease", "revoke", &lease]);
     assert!(ok, "{out}");
     let (_, out) = ctl(&eps[2], &["get", "leased"]);
@@ -103,7 +120,10 @@ async fn etcdctl_reads_and_writes_through_every_member() {
     let target = (leader + 1) % 3;
     let target_id = status_id(&eps[target]).await;
     let (ok, out) = ctl(&eps.join(","), &["move-leader", &format!("{target_id:x}")]);
-    assert!(ok && out.contains("Leadership transferred from"), "move-leader: {out}");
+    assert!(
+        ok && out.contains("Leadership transferred from"),
+        "move-leader: {out}"
+    );
     assert_eq!(cluster.leader().await, target);
     let (ok, out) = ctl(&eps[target], &["put", "after-move", "x"]);
     assert!(ok, "{out}");
@@ -114,7 +134,11 @@ type Acked = Arc<Mutex<Vec<(String, String, i64)>>>;
 
 /// Runs `writers` put loops, spread over `endpoints`, until `stop` is set. A failed put is not
 /// acknowledged and is simply retried with the next value.
-fn write_load(endpoints: Vec<String>, writers: usize, stop: Arc<AtomicBool>) -> (Acked, Vec<tokio::task::JoinHandle<()>>) {
+fn write_load(
+    endpoints: Vec<String>,
+    writers: usize,
+    stop: Arc<AtomicBool>,
+) -> (Acked, Vec<tokio::task::JoinHandle<()>>) {
     let acked: Acked = Arc::default();
     let tasks = (0..writers)
         .map(|w| {
@@ -156,7 +180,10 @@ async fn check_acked(endpoint: &str, acked: &[(String, String, i64)]) {
             ..Default::default()
         };
         let resp = c.kv.range(req).await.unwrap().into_inner();
-        let kv = resp.kvs.first().unwrap_or_else(|| panic!("{endpoint}: {key}@{rev} missing"));
+        let kv = resp
+            .kvs
+            .first()
+            .unwrap_or_else(|| panic!("{endpoint}: {key}@{rev} missing"));
         assert_eq!(
             (kv.value.as_slice(), kv.mod_revision),
             (value.as_bytes(), *rev),
@@ -212,7 +239,12 @@ async fn a_member_far_behind_catches_up_by_snapshot() {
         .unwrap_or(3000);
     let mut cluster = Cluster::start(
         3,
-        &["--snapshot-count", "500", "--experimental-snapshot-catchup-entries", "100"],
+        &[
+            "--snapshot-count",
+            "500",
+            "--experimental-snapshot-catchup-entries",
+            "100",
+        ],
     );
     let leader = cluster.leader().await;
     let down = (leader + 1) % 3;
@@ -224,11 +256,13 @@ async fn a_member_far_behind_catches_up_by_snapshot() {
     while written < entries {
         let ops = (0..64)
             .map(|j| etcd_proto::etcdserverpb::RequestOp {
-                request: Some(etcd_proto::etcdserverpb::request_op::Request::RequestPut(PutRequest {
-                    key: format!("snap/{}", (i * 64 + j) % 5000).into_bytes(),
-                    value: vec![b'v'; 100],
-                    ..Default::default()
-                })),
+                request: Some(etcd_proto::etcdserverpb::request_op::Request::RequestPut(
+                    PutRequest {
+                        key: format!("snap/{}", (i * 64 + j) % 5000).into_bytes(),
+                        value: vec![b'v'; 100],
+                        ..Default::default()
+                    },
+                )),
             })
             .collect();
         let txn = etcd_proto::etcdserverpb::TxnRequest {
@@ -260,7 +294,16 @@ async fn learner_added_promoted_and_a_member_removed_under_load() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let eps = cluster.endpoints();
     let peer = format!("http://127.0.0.1:{}", crate::harness::free_port());
-    let (ok, out) = ctl(&eps[1], &["member", "add", "infra3", &format!("--peer-urls={peer}"), "--learner"]);
+    let (ok, out) = ctl(
+        &eps[1],
+        &[
+            "member",
+            "add",
+            "infra3",
+            &format!("--peer-urls={peer}"),
+            "--learner",
+        ],
+    );
     assert!(ok, "member add: {out}");
     let id = out.split_whitespace().nth(1).unwrap().to_string();
     // The harness picks its own peer port; start the new member on the one added.
@@ -270,7 +313,11 @@ async fn learner_added_promoted_and_a_member_removed_under_load() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (ok, out) = ctl(&eps[0], &["member", "list"]);
-        let line = out.lines().find(|l| l.contains(&id)).unwrap_or_default().to_string();
+        let line = out
+            .lines()
+            .find(|l| l.contains(&id))
+            .unwrap_or_default()
+            .to_string();
         if ok && line.starts_with(&format!("{id}, started, infra3")) {
             assert!(line.ends_with(", true"), "{out}");
             break;
@@ -298,7 +345,10 @@ async fn learner_added_promoted_and_a_member_removed_under_load() {
     let gone = (0..3).find(|&i| i != leader).unwrap();
     let gone_id = status_id(&cluster.members[gone].endpoint()).await;
     let other = (0..3).find(|&i| i != gone && i != leader).unwrap();
-    let (ok, out) = ctl(&cluster.members[other].endpoint(), &["member", "remove", &format!("{gone_id:x}")]);
+    let (ok, out) = ctl(
+        &cluster.members[other].endpoint(),
+        &["member", "remove", &format!("{gone_id:x}")],
+    );
     assert!(ok, "member remove: {out}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cluster.members[gone].exited() {
@@ -314,7 +364,10 @@ async fn learner_added_promoted_and_a_member_removed_under_load() {
     let (ok, out) = ctl(&cluster.members[new].endpoint(), &["member", "list"]);
     assert!(ok, "{out}");
     assert_eq!(out.lines().count(), 3, "{out}");
-    assert!(out.contains(&format!("{id}, started, infra3")) && !out.contains("true"), "{out}");
+    assert!(
+        out.contains(&format!("{id}, started, infra3")) && !out.contains("true"),
+        "{out}"
+    );
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 50, "load: {}", acked.len());
     let top = acked.iter().map(|a| a.2).max().unwrap();

@@ -208,10 +208,21 @@ impl Cluster {
                 Ok(connected) => connected,
                 Err(_) => false,
             };
-            if ok && Client::connect(&m.endpoint()).await.serializable_revision().await > 1 {
+            if ok
+                && Client::connect(&m.endpoint())
+                    .await
+                    .serializable_revision()
+                    .await
+                    > 1
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} never served; log: {}", m.name, m.log());
+            assert!(
+                Instant::now() < deadline,
+                "{} never served; log: {}",
+                m.name,
+                m.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -245,7 +256,10 @@ impl Cluster {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "members never agreed on a leader: {seen:?}");
+            assert!(
+                Instant::now() < deadline,
+                "members never agreed on a leader: {seen:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
