@@ -74,6 +74,66 @@ fn valid_url(u: &str) -> bool {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
+/// A change of the voters, for etcd's strict reconfiguration check.
+enum Reconfig {
+    Add,
+    Remove(u64),
+    Promote,
+}
+
+/// etcd's strict reconfiguration check (on by default): after the change, the voters that
+/// have started (published their name) must still be a quorum of the voters.
+fn ready(current: &[MemberAttrs], change: Reconfig) -> bool {
+    let voters = current.iter().filter(|m| !m.is_learner);
+    let (mut members, mut started) = match change {
+        Reconfig::Add => (1, 0),
+        Reconfig::Promote => (1, 1),
+        Reconfig::Remove(_) => (0, 0),
+    };
+    for m in voters {
+        if matches!(change, Reconfig::Remove(id) if id == m.id) {
+            continue;
+        }
+        members += 1;
+        if !m.name.is_empty() {
+            started += 1;
+        }
+    }
+    started >= members / 2 + 1
+}
+
+fn not_enough_started() -> Status {
+    Status::failed_precondition(
+        "etcdserver: re-configuration failed due to not enough started members",
+    )
+}
+
+/// etcd's checks of a member's new peer URLs: well-formed, and not already another member's.
+fn check_peer_urls(
+    current: &[MemberAttrs],
+    member: Option<u64>,
+    urls: &[String],
+) -> Result<(), Status> {
+    if urls.is_empty() || !urls.iter().all(|u| valid_url(u)) {
+        return Err(status(
+            tonic::Code::InvalidArgument,
+            "etcdserver: given member URLs are invalid",
+        ));
+    }
+    let taken = current
+        .iter()
+        .filter(|m| Some(m.id) != member)
+        .flat_map(|m| m.peer_urls.iter())
+        .any(|u| urls.contains(u));
+    if taken {
+        return Err(status(
+            tonic::Code::FailedPrecondition,
+            "etcdserver: Peer URLs already exists",
+        ));
+    }
+    Ok(())
+}
+
 fn change_err(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Status {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
@@ -95,34 +155,22 @@ fn status(code: tonic::Code, msg: &str) -> Status {
 
 /// Makes a membership change; call on the leader. Returns the added member (for ADD).
 pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<MemberAttrs>, Status> {
-    use tonic::Code::{FailedPrecondition, InvalidArgument};
+    use tonic::Code::FailedPrecondition;
     let current = members(raft);
     let target = req.member.unwrap_or_default();
     let find = |id: u64| current.iter().find(|m| m.id == id).cloned();
     let kind = Kind::try_from(req.kind).map_err(|_| Status::invalid_argument("unknown change"))?;
     let changes: ChangeMembers<u64, Member> = match kind {
         Kind::Add => {
-            if target.peer_urls.is_empty() || !target.peer_urls.iter().all(|u| valid_url(u)) {
-                return Err(status(
-                    InvalidArgument,
-                    "etcdserver: given member URLs are invalid",
-                ));
-            }
-            let taken = current
-                .iter()
-                .flat_map(|m| m.peer_urls.iter())
-                .any(|u| target.peer_urls.contains(u));
-            if taken {
-                return Err(status(
-                    FailedPrecondition,
-                    "etcdserver: Peer URLs already exists",
-                ));
-            }
+            check_peer_urls(&current, None, &target.peer_urls)?;
             if req.is_learner && current.iter().filter(|m| m.is_learner).count() >= LEARNERS_MAX {
                 return Err(status(
                     FailedPrecondition,
                     "etcdserver: too many learner members in cluster",
                 ));
+            }
+            if !req.is_learner && !ready(&current, Reconfig::Add) {
+                return Err(not_enough_started());
             }
             let id = new_member_id(&target.peer_urls);
             if find(id).is_some() {
@@ -153,6 +201,9 @@ pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<Memb
         }
         Kind::Remove => {
             let m = find(target.id).ok_or_else(|| Status::from(EtcdError::MemberNotFound))?;
+            if !m.is_learner && !ready(&current, Reconfig::Remove(m.id)) {
+                return Err(not_enough_started());
+            }
             let ids = BTreeSet::from([m.id]);
             if m.is_learner {
                 ChangeMembers::RemoveNodes(ids)
@@ -162,23 +213,7 @@ pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<Memb
         }
         Kind::Update => {
             let mut m = find(target.id).ok_or_else(|| Status::from(EtcdError::MemberNotFound))?;
-            if target.peer_urls.is_empty() || !target.peer_urls.iter().all(|u| valid_url(u)) {
-                return Err(status(
-                    InvalidArgument,
-                    "etcdserver: given member URLs are invalid",
-                ));
-            }
-            let taken = current
-                .iter()
-                .filter(|o| o.id != m.id)
-                .flat_map(|o| o.peer_urls.iter())
-                .any(|u| target.peer_urls.contains(u));
-            if taken {
-                return Err(status(
-                    FailedPrecondition,
-                    "etcdserver: Peer URLs already exists",
-                ));
-            }
+            check_peer_urls(&current, Some(m.id), &target.peer_urls)?;
             m.peer_urls = target.peer_urls.clone();
             ChangeMembers::SetNodes(BTreeMap::from([(m.id, node_of(&m))]))
         }
@@ -186,6 +221,9 @@ pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<Memb
             let m = find(target.id).ok_or_else(|| Status::from(EtcdError::MemberNotFound))?;
             if !m.is_learner {
                 return Err(EtcdError::MemberNotLearner.into());
+            }
+            if !ready(&current, Reconfig::Promote) {
+                return Err(not_enough_started());
             }
             check_learner_ready(raft, m.id)?;
             ChangeMembers::AddVoterIds(BTreeSet::from([m.id]))

@@ -26,6 +26,18 @@ pub struct Observer {
     pub nospace: Arc<AtomicBool>,
 }
 
+impl Observer {
+    /// Sets the NOSPACE flag from the applied alarms.
+    fn follow_nospace(&self) {
+        let raised = self
+            .store
+            .alarms()
+            .map(|a| a.iter().any(|&(_, t)| t == AlarmType::Nospace as i32))
+            .unwrap_or(false);
+        self.nospace.store(raised, Ordering::Release);
+    }
+}
+
 impl ApplyObserver for Observer {
     fn applied(&self, proposals: Vec<AppliedProposal>, revision: i64) {
         let now = tokio::time::Instant::now();
@@ -43,14 +55,7 @@ impl ApplyObserver for Observer {
                             self.lessor.track(*id, *ttl_secs, now)
                         }
                         WriteRequest::LeaseRevoke { id } => self.lessor.forget(*id),
-                        WriteRequest::Alarm { .. } => {
-                            let raised = self
-                                .store
-                                .alarms()
-                                .map(|a| a.iter().any(|&(_, t)| t == AlarmType::Nospace as i32))
-                                .unwrap_or(false);
-                            self.nospace.store(raised, Ordering::Release);
-                        }
+                        WriteRequest::Alarm { .. } => self.follow_nospace(),
                         _ => {}
                     }
                     self.metrics.proposals_committed.inc();
@@ -74,12 +79,7 @@ impl ApplyObserver for Observer {
         for (id, ttl) in self.store.leases().unwrap_or_default() {
             self.lessor.track(id, ttl, now);
         }
-        let raised = self
-            .store
-            .alarms()
-            .map(|a| a.iter().any(|&(_, t)| t == AlarmType::Nospace as i32))
-            .unwrap_or(false);
-        self.nospace.store(raised, Ordering::Release);
+        self.follow_nospace();
         // Watchers catch up from the restored history.
         self.hub.publish(EventBatch {
             to_rev: revision,

@@ -104,6 +104,10 @@ impl Server {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
