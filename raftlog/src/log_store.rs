@@ -6,7 +6,8 @@
 //! Beside the log, three small state files (written atomically, see [`crate::meta`]): `vote`,
 //! `committed` and `purged` (the last log id removed after a snapshot). `committed` is only a
 //! hint for replaying faster after a restart, so it is persisted at most once a second; the
-//! vote is persisted before `save_vote` returns.
+//! vote is persisted before `save_vote` returns. A purge waits until the state machine's store
+//! is durable past the purged entries (the `durable` watermark the state machine advances).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::watch;
 
 use crate::meta;
 use crate::proposal::{decode_wal_entry, encode_wal_entry};
@@ -50,6 +52,16 @@ pub struct LogStore {
     dir: PathBuf,
     state: Arc<Mutex<State>>,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// How far the state machine's store is durable (see [`LogStore::purge`]).
+    durable: watch::Receiver<u64>,
+}
+
+/// A `durable` watermark for a log whose purges need not wait (tests of the log alone).
+pub fn always_durable() -> watch::Receiver<u64> {
+    let (tx, rx) = watch::channel(u64::MAX);
+    // The receiver keeps the value after the sender is gone.
+    drop(tx);
+    rx
 }
 
 fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<Option<T>, String> {
@@ -68,9 +80,15 @@ fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), met
 
 impl LogStore {
     /// Opens the log in `dir`, recovering it (see [`Wal::open`]).
-    pub fn open(dir: &Path) -> Result<LogStore, String> {
-        let wal = Wal::open(dir, WalOptions::default()).map_err(|e| e.to_string())?;
+    pub fn open(dir: &Path, durable: watch::Receiver<u64>) -> Result<LogStore, String> {
+        let mut wal = Wal::open(dir, WalOptions::default()).map_err(|e| e.to_string())?;
         let purged: Option<LogId> = read_json(dir, PURGED_FILE)?;
+        if let Some(p) = purged {
+            if wal.last_index().is_some_and(|l| l <= p.index) {
+                // A purge recorded but not carried out before a crash: finish it.
+                wal.purge_to(p.index).map_err(|e| e.to_string())?;
+            }
+        }
         let committed: Option<LogId> = read_json(dir, COMMITTED_FILE)?;
         let mut last = purged;
         if let Some(index) = wal
@@ -87,6 +105,13 @@ impl LogStore {
                     .log_id,
             );
         }
+        // `committed` may name entries that were accepted but never made durable here (a
+        // follower learns the commit index before its own flush): never past the log's end.
+        let committed = match (committed, last) {
+            (Some(c), Some(l)) if c.index > l.index => Some(l),
+            (Some(_), None) => None,
+            (c, _) => c,
+        };
         let state = Arc::new(Mutex::new(State {
             wal,
             cache: BTreeMap::new(),
@@ -105,6 +130,7 @@ impl LogStore {
             dir: dir.to_path_buf(),
             state,
             flusher,
+            durable,
         })
     }
 
@@ -302,7 +328,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Entries may only go once the state machine holds their effect durably (it writes
+    /// without fsync, and after installing a snapshot it is ahead of the log only once the
+    /// install is done): the purge waits for the `durable` watermark to reach `log_id`, or a
+    /// crash could leave a hole between the store and the log.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut durable = self.durable.clone();
+        if *durable.borrow() < log_id.index {
+            tracing::debug!(
+                upto = log_id.index,
+                "purge waits for the store to be durable that far"
+            );
+            durable
+                .wait_for(|&d| d >= log_id.index)
+                .await
+                .map_err(|_| {
+                    StorageIOError::write_logs(&std::io::Error::other("state machine stopped"))
+                })?;
+        }
         let mut st = self.state.lock().expect("log lock");
         // Record the purge first: if the segments go and the record does not, the log would
         // look like it starts later than it does.

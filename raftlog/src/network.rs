@@ -264,11 +264,13 @@ impl RaftNetwork<TypeConfig> for Network {
 /// The Raft RPCs of one member, served on its peer port.
 pub struct RaftService {
     raft: Raft,
+    store: store::Store,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> RaftService {
-        RaftService { raft }
+    /// `store` is the member's store: a removal counts once applied, not when appended.
+    pub fn new(raft: Raft, store: store::Store) -> RaftService {
+        RaftService { raft, store }
     }
 
     /// The tonic service, with the peer message size limits.
@@ -323,11 +325,16 @@ impl pb::raft_server::Raft for RaftService {
             vote: vote_from_pb(r.vote),
             last_log_id: log_id_from_pb(r.last_log_id),
         };
-        let removed = {
+        let leading = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
             m.current_leader == Some(m.id)
-                && m.membership_config
+        };
+        let removed = leading && {
+            let applied = crate::state_machine::applied_membership(&self.store);
+            let known = applied.membership().nodes().next().is_some();
+            known
+                && applied
                     .membership()
                     .get_node(&rpc.vote.leader_id.node_id)
                     .is_none()

@@ -4,15 +4,19 @@
 //! snapshot metadata (last log id, membership). Only the newest snapshot is kept.
 //!
 //! Installing a received snapshot replaces the store's contents. To survive a crash part-way,
-//! the archive is first kept under its final name and an `installing` marker written; on start,
-//! a marker left behind means the install is done again from the kept archive.
+//! the archive is first kept under its final name and an `installing` marker (naming it, with
+//! its metadata) written; on start, a marker left behind means the install is done again from
+//! the kept archive.
 
 use std::path::{Path, PathBuf};
+
+use std::sync::Arc;
 
 use openraft::storage::RaftSnapshotBuilder;
 use openraft::StorageIOError;
 use store::{Store, Writer};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 use crate::meta;
 use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -31,18 +35,39 @@ fn name_of(last: Option<LogId>) -> String {
     format!("{term:016x}-{index:016x}")
 }
 
-/// The snapshot directory.
+/// The snapshot directory, and the watermark of how far the store is durable (a snapshot's
+/// checkpoint, or an installed snapshot, is).
 #[derive(Clone)]
 pub struct SnapshotFiles {
     dir: PathBuf,
+    durable: Arc<watch::Sender<u64>>,
+}
+
+/// What the install marker records: the archive and its metadata.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Installing {
+    name: String,
+    meta: SnapshotMeta,
 }
 
 impl SnapshotFiles {
-    pub fn open(dir: &Path) -> Result<SnapshotFiles, String> {
+    pub fn open(dir: &Path, durable: watch::Sender<u64>) -> Result<SnapshotFiles, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok(SnapshotFiles {
             dir: dir.to_path_buf(),
+            durable: Arc::new(durable),
         })
+    }
+
+    /// Records that the store holds everything up to log index `index` durably.
+    pub fn advance_durable(&self, index: u64) {
+        self.durable.send_if_modified(|d| {
+            let advanced = index > *d;
+            if advanced {
+                *d = index;
+            }
+            advanced
+        });
     }
 
     fn archive(&self, name: &str) -> PathBuf {
@@ -133,10 +158,16 @@ impl SnapshotFiles {
         drop((file, out));
         std::fs::rename(&tmp, self.archive(&name)).map_err(snap_err)?;
         let _ = std::fs::remove_file(self.dir.join(RECEIVING));
-        meta::write_atomically(&self.dir, INSTALL_MARKER, name.as_bytes()).map_err(snap_err)?;
+        let marker = serde_json::to_vec(&Installing {
+            name: name.clone(),
+            meta: m.clone(),
+        })
+        .expect("the marker serializes");
+        meta::write_atomically(&self.dir, INSTALL_MARKER, &marker).map_err(snap_err)?;
         self.restore(&name, writer).map_err(snap_err)?;
         self.commit(&name, m).map_err(snap_err)?;
         std::fs::remove_file(self.dir.join(INSTALL_MARKER)).map_err(snap_err)?;
+        self.advance_durable(m.last_log_id.map_or(0, |l| l.index));
         tracing::info!(snapshot = %name, revision = writer.revision(), "installed snapshot");
         Ok(())
     }
@@ -154,12 +185,14 @@ impl SnapshotFiles {
 
     /// Finishes an install a crash interrupted (see the module comment).
     pub fn finish_interrupted_install(&self, writer: &mut Writer) -> Result<(), String> {
-        let Some(name) = meta::read(&self.dir, INSTALL_MARKER).map_err(|e| e.to_string())? else {
+        let Some(marker) = meta::read(&self.dir, INSTALL_MARKER).map_err(|e| e.to_string())? else {
             return Ok(());
         };
-        let name = String::from_utf8(name).map_err(|e| e.to_string())?;
+        let Installing { name, meta } =
+            serde_json::from_slice(&marker).map_err(|e| e.to_string())?;
         tracing::warn!(snapshot = %name, "finishing an interrupted snapshot install");
         self.restore(&name, writer)?;
+        self.commit(&name, &meta)?;
         std::fs::remove_file(self.dir.join(INSTALL_MARKER)).map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -189,6 +222,10 @@ impl SnapshotBuilder {
             store.checkpoint(&dir).map_err(|e| e.to_string())?;
             Ok(dir)
         })();
+        if checkpoint.is_ok() {
+            // A checkpoint flushes the memtables: the store is durable up to `applied`.
+            files.advance_durable(applied.map_or(0, |l| l.index));
+        }
         SnapshotBuilder {
             files,
             checkpoint,

@@ -17,6 +17,7 @@ use etcd_proto::etcdserverpb::{request_op, AlarmType, RequestOp, TxnRequest};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
 use store::{Applied, Store, WriteRequest, Writer};
+use tokio::sync::watch;
 
 use crate::snapshot::{SnapshotBuilder, SnapshotFiles};
 use crate::types::{
@@ -91,17 +92,22 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 impl StateMachine {
     /// Opens over `writer`; `snap_dir` holds snapshot archives. An interrupted snapshot install
     /// is finished first.
+    /// `durable` is advanced to each log index the store holds durably (see `LogStore::purge`).
     pub fn open(
         mut writer: Writer,
         snap_dir: &Path,
         observer: Arc<dyn ApplyObserver>,
+        durable: watch::Sender<u64>,
     ) -> Result<StateMachine, String> {
-        let snapshots = SnapshotFiles::open(snap_dir)?;
+        let snapshots = SnapshotFiles::open(snap_dir, durable)?;
         snapshots.finish_interrupted_install(&mut writer)?;
+        // What the store holds now is made durable, so the log may be purged up to it.
+        writer.sync().map_err(|e| e.to_string())?;
         let store = writer.store().clone();
         let applied = read_meta(&store, META_RAFT_APPLIED)?;
         let membership = read_meta(&store, META_RAFT_MEMBERSHIP)?.unwrap_or_default();
         let nospace = nospace_raised(&store).map_err(|e| e.to_string())?;
+        snapshots.advance_durable(applied.map_or(0, |l: LogId| l.index));
         let partial = read_meta::<(u64, usize)>(&store, META_RAFT_PARTIAL)?
             .filter(|&(index, _)| applied.is_none_or(|a: LogId| index > a.index));
         Ok(StateMachine {
@@ -271,6 +277,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         self.snapshots.current().await
     }
+}
+
+/// The membership as of the last applied entry (committed, unlike openraft's effective
+/// membership, which changes when a membership entry is appended).
+pub fn applied_membership(store: &Store) -> StoredMembership {
+    read_meta(store, META_RAFT_MEMBERSHIP)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// Where the state machine keeps its snapshot archives.

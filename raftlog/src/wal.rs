@@ -8,7 +8,8 @@
 //! whenever segment files appear or disappear.
 //!
 //! Recovery tells three cases apart: a record cut short or failing its CRC at the very end of
-//! the last segment is a torn write (the tail is truncated and logged); a bad record anywhere
+//! the last segment (followed by nothing, or only by zeros) is a torn write (the tail is
+//! truncated and logged); a bad record anywhere
 //! else is corruption (opening fails, naming the file and offset); an I/O error is reported as
 //! such. It never drops a valid entry silently.
 
@@ -150,6 +151,12 @@ impl Wal {
             offset,
             reason,
         };
+        // Where the run of zero bytes that ends the file begins: a file system may show blocks
+        // that were allocated but never written (a power loss before fdatasync) as zeros.
+        let zeros_from = bytes
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |i| i as u64 + 1);
         let mut offset = 0u64;
         let mut expected = first;
         while offset < file_len {
@@ -164,8 +171,9 @@ impl Wal {
                 if end > file_len {
                     Some((true, format!("record of {len} bytes cut short")))
                 } else if crc32fast::hash(&bytes[at + 8..end as usize]) != crc {
-                    // A bad checksum on the final record is a torn write; earlier, corruption.
-                    Some((end == file_len, "checksum mismatch".to_string()))
+                    // A bad checksum on the final record (nothing but zeros after it) is a torn
+                    // write; earlier, corruption.
+                    Some((end >= zeros_from, "checksum mismatch".to_string()))
                 } else if index != expected {
                     Some((
                         false,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use openraft::testing::{StoreBuilder, Suite};
+use raftlog::log_store::always_durable;
 use raftlog::types::{StorageError, TypeConfig};
 use raftlog::{AppliedProposal, ApplyObserver, LogStore, StateMachine};
 use store::{BackendOptions, Store};
@@ -21,9 +22,12 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let tmp = tempfile::tempdir().unwrap();
-        let log = LogStore::open(&tmp.path().join("wal")).unwrap();
+        // The suite purges logs its state machine never applied: no durability wait here.
+        let log = LogStore::open(&tmp.path().join("wal"), always_durable()).unwrap();
         let (_, writer) = Store::open(&tmp.path().join("kv"), &BackendOptions::default()).unwrap();
-        let sm = StateMachine::open(writer, &tmp.path().join("snap"), Arc::new(Ignore)).unwrap();
+        let durable = tokio::sync::watch::channel(0).0;
+        let sm = StateMachine::open(writer, &tmp.path().join("snap"), Arc::new(Ignore), durable)
+            .unwrap();
         Ok((tmp, log, sm))
     }
 }

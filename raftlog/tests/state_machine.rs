@@ -45,7 +45,13 @@ fn entry(index: u64, reqs: Vec<(u64, WriteRequest)>) -> Entry {
 
 fn open(dir: &std::path::Path, seen: Arc<Seen>) -> StateMachine {
     let (_, writer) = Store::open(&dir.join("kv"), &BackendOptions::default()).unwrap();
-    StateMachine::open(writer, &dir.join("snap"), seen).unwrap()
+    StateMachine::open(
+        writer,
+        &dir.join("snap"),
+        seen,
+        tokio::sync::watch::channel(0).0,
+    )
+    .unwrap()
 }
 
 fn versions(sm: &StateMachine, key: &str) -> (i64, i64) {
@@ -155,10 +161,11 @@ async fn a_snapshot_install_interrupted_by_a_crash_is_finished_on_start() {
         snap_dir.join(format!("{name}.snap")),
     )
     .unwrap();
+    let marker = serde_json::json!({ "name": name, "meta": snapshot.meta });
     raftlog::meta::write_atomically(
         &snap_dir,
         raftlog::snapshot::INSTALL_MARKER,
-        name.as_bytes(),
+        &serde_json::to_vec(&marker).unwrap(),
     )
     .unwrap();
 
@@ -172,4 +179,10 @@ async fn a_snapshot_install_interrupted_by_a_crash_is_finished_on_start() {
     let (applied, _) = follower.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index, 2);
     assert!(!snap_dir.join(raftlog::snapshot::INSTALL_MARKER).exists());
+    let current = follower
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("the snapshot is kept");
+    assert_eq!(current.meta, snapshot.meta, "its metadata is recorded too");
 }

@@ -94,8 +94,7 @@ impl Applier {
             peers,
             reads,
             nospace,
-            // etcd: 5 s plus two election timeouts.
-            request_timeout: Duration::from_secs(5) + 2 * election_timeout,
+            request_timeout: request_timeout(election_timeout),
         };
         tokio::spawn(read_rounds(applier.clone(), rx));
         tokio::spawn(batch_rounds(applier.clone(), pending));
@@ -155,30 +154,30 @@ impl Applier {
         rx.await.map_err(|_| Status::from(EtcdError::Stopped))?
     }
 
-    /// Gets one batch appended: locally on the leader, else by the leader. Retries only when
-    /// it is certain the batch was not appended.
+    /// Gets one batch appended: locally on the leader, else by the leader; gives up after the
+    /// request timeout (the outcome is then unknown, as etcd's "request timed out" says).
     async fn deliver(&self, batch: ProposalBatch) -> Result<(), Status> {
+        match tokio::time::timeout(self.request_timeout, self.deliver_once(batch)).await {
+            Ok(result) => result,
+            Err(_) => Err(EtcdError::Timeout.into()),
+        }
+    }
+
+    /// Retries only on a peer's refusal before it submitted anything (not the leader): a batch
+    /// that may have been appended is never sent again, or it could be applied twice.
+    async fn deliver_once(&self, batch: ProposalBatch) -> Result<(), Status> {
         loop {
             match self.leader() {
                 None => tokio::time::sleep(NO_LEADER_WAIT).await,
                 Some(leader) if leader == self.member_id => {
-                    match self.raft.client_write(batch.clone()).await {
-                        Ok(_) => return Ok(()),
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                            tokio::time::sleep(NO_LEADER_WAIT).await
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "proposal failed");
-                            return Err(EtcdError::Stopped.into());
-                        }
-                    }
+                    return append_on_leader(&self.raft, batch).await;
                 }
                 Some(leader) => match self.peers.propose(leader, batch.to_internal()).await {
                     Ok(()) => return Ok(()),
                     Err(e) if crate::peer::is_not_leader(&e) => {
                         tokio::time::sleep(NO_LEADER_WAIT).await
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(etcd_status(e)),
                 },
             }
         }
@@ -217,7 +216,7 @@ impl Applier {
                             tokio::time::sleep(NO_LEADER_WAIT).await;
                             continue;
                         }
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(etcd_status(e)),
                     };
                     return self
                         .raft
@@ -284,7 +283,8 @@ impl Applier {
             };
             match result {
                 Err(e) if crate::peer::is_not_leader(&e) => {}
-                other => return other,
+                Err(e) => return Err(etcd_status(e)),
+                ok => return ok,
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(EtcdError::NoLeader.into());
@@ -301,6 +301,37 @@ impl Applier {
     pub fn nospace(&self) -> bool {
         self.nospace.load(Ordering::Acquire)
     }
+}
+
+/// etcd's request timeout: 5 s plus two election timeouts.
+pub fn request_timeout(election_timeout: Duration) -> Duration {
+    Duration::from_secs(5) + 2 * election_timeout
+}
+
+/// Appends a batch on this member, which believes it leads. If openraft answers that another
+/// member leads, the entry may still have been appended (and later be committed), so the
+/// batch is not retried: the proposers get etcd's "leader changed".
+pub async fn append_on_leader(raft: &Raft, batch: ProposalBatch) -> Result<(), Status> {
+    match raft.client_write(batch).await {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(EtcdError::LeaderChanged.into())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "proposal failed");
+            Err(EtcdError::Stopped.into())
+        }
+    }
+}
+
+/// A peer's answer as a client should see it: etcd's own statuses pass, transport failures
+/// become etcd's "request timed out" (the outcome is unknown).
+pub fn etcd_status(s: Status) -> Status {
+    if s.message().starts_with("etcdserver: ") {
+        return s;
+    }
+    tracing::debug!(error = %s, "peer request failed");
+    EtcdError::Timeout.into()
 }
 
 /// A proposal waiting to be put in a batch, and who to tell once the batch is appended.

@@ -149,9 +149,12 @@ pub async fn start_raft(
     removed: Arc<tokio::sync::Notify>,
 ) -> Result<Raft, ServerError> {
     let member_dir = config.data_dir.join("member");
-    let log = LogStore::open(&member_dir.join("wal")).map_err(raft_err("opening the raft log"))?;
-    let sm = StateMachine::open(writer, &snapshot_dir(&member_dir), observer)
+    // How far the store is durable: the log is purged no further (see LogStore::purge).
+    let (durable, durable_rx) = tokio::sync::watch::channel(0);
+    let sm = StateMachine::open(writer, &snapshot_dir(&member_dir), observer, durable)
         .map_err(raft_err("opening the state machine"))?;
+    let log = LogStore::open(&member_dir.join("wal"), durable_rx)
+        .map_err(raft_err("opening the raft log"))?;
     let election = config.election_timeout.as_millis() as u64;
     let rc = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
@@ -206,6 +209,7 @@ pub async fn serve_peers(
     applier: crate::applier::Applier,
     identity: Identity,
     lessor: Arc<Lessor>,
+    store: store::Store,
     mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let mut incoming = Vec::new();
@@ -227,14 +231,14 @@ pub async fn serve_peers(
     });
     let raft = applier.raft().clone();
     let peer = etcd_proto::cairnraftpb::peer_server::PeerServer::new(PeerService::new(
-        applier,
+        raft.clone(),
         identity.member_id,
         identity.cluster_id,
         lessor,
     ))
     .max_decoding_message_size(raftlog::network::PEER_MESSAGE_MAX);
     let server = tonic::transport::Server::builder()
-        .add_service(RaftService::new(raft).into_server())
+        .add_service(RaftService::new(raft, store).into_server())
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.changed().await;
@@ -251,6 +255,7 @@ pub async fn serve_peers(
 /// as an etcd member does.
 pub async fn follow_leadership(
     raft: Raft,
+    store: store::Store,
     member_id: u64,
     lessor: Arc<Lessor>,
     removed: Arc<tokio::sync::Notify>,
@@ -260,12 +265,12 @@ pub async fn follow_leadership(
     let mut leading = false;
     let mut was_member = false;
     loop {
-        let (now_leading, is_member) = {
-            let m = metrics.borrow_and_update();
-            let membership = m.membership_config.membership();
-            let is_member = membership.get_node(&member_id).is_some();
-            (m.current_leader == Some(member_id), is_member)
-        };
+        let now_leading = metrics.borrow_and_update().current_leader == Some(member_id);
+        // The applied membership: an appended removal could still be truncated.
+        let is_member = raftlog::state_machine::applied_membership(&store)
+            .membership()
+            .get_node(&member_id)
+            .is_some();
         if was_member && !is_member {
             tracing::warn!(
                 member_id = format!("{member_id:x}"),

@@ -26,7 +26,7 @@ impl ClusterService {
     }
 
     fn members(&self) -> Vec<Member> {
-        membership::members(self.node.applier.raft())
+        membership::applied_members(&self.node.store)
             .iter()
             .map(membership::to_etcd)
             .collect()

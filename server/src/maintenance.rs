@@ -227,7 +227,12 @@ impl Maintenance for MaintenanceService {
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         self.node.reject_learner()?;
-        crate::transfer::move_leader(&self.node, request.into_inner().target_id).await?;
+        // In a task of its own: a client that gives up must not cut the transfer short with
+        // heartbeats still switched off.
+        let (node, target) = (self.node.clone(), request.into_inner().target_id);
+        tokio::spawn(async move { crate::transfer::move_leader(&node, target).await })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.node.current_header()),
         }))

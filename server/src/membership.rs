@@ -20,11 +20,20 @@ const LEARNERS_MAX: usize = 1;
 /// A learner may be promoted once it has this share of the leader's log (etcd's readyPercent).
 const LEARNER_READY_SHARE: f64 = 0.9;
 
-/// Every member of the current membership config, voters and learners, in ID order.
+/// Every member of the effective membership config (the newest, perhaps not yet committed),
+/// voters and learners, in ID order: what the leader checks changes against.
 pub fn members(raft: &Raft) -> Vec<MemberAttrs> {
     let metrics = raft.metrics();
     let m = metrics.borrow();
-    let membership = m.membership_config.membership();
+    members_of(m.membership_config.membership())
+}
+
+/// Every member of the membership this member has applied, as MemberList reports it.
+pub fn applied_members(store: &store::Store) -> Vec<MemberAttrs> {
+    members_of(raftlog::state_machine::applied_membership(store).membership())
+}
+
+fn members_of(membership: &raftlog::types::Membership) -> Vec<MemberAttrs> {
     let learners: BTreeSet<u64> = membership.learner_ids().collect();
     membership
         .nodes()

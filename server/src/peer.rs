@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use etcd_proto::cairnraftpb as pb;
 use etcd_proto::cairnraftpb::peer_client::PeerClient;
@@ -16,7 +17,6 @@ use openraft::error::RaftError;
 use raftlog::network::{peer_channel, PEER_MESSAGE_MAX};
 use raftlog::{ProposalBatch, Raft};
 
-use crate::applier::Applier;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -40,13 +40,22 @@ fn not_leader() -> Status {
 pub struct PeerClients {
     raft: Raft,
     channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
+    /// Every request to a peer ends by then (its outcome is unknown if it timed out).
+    timeout: Duration,
+}
+
+fn timed<T>(msg: T, timeout: Duration) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.set_timeout(timeout);
+    req
 }
 
 impl PeerClients {
-    pub fn new(raft: Raft) -> PeerClients {
+    pub fn new(raft: Raft, timeout: Duration) -> PeerClients {
         PeerClients {
             raft,
             channels: Arc::default(),
+            timeout,
         }
     }
 
@@ -79,14 +88,17 @@ impl PeerClients {
 
     /// Asks the leader to append a batch of proposals.
     pub async fn propose(&self, leader: u64, req: pb::InternalBatch) -> Result<(), Status> {
-        self.client(leader)?.propose(req).await.map(|_| ())
+        self.client(leader)?
+            .propose(timed(req, self.timeout))
+            .await
+            .map(|_| ())
     }
 
     /// Asks the leader for the index a linearizable read must wait for.
     pub async fn read_index(&self, leader: u64) -> Result<u64, Status> {
         Ok(self
             .client(leader)?
-            .read_index(pb::ReadIndexRequest {})
+            .read_index(timed(pb::ReadIndexRequest {}, self.timeout))
             .await?
             .into_inner()
             .index)
@@ -95,7 +107,7 @@ impl PeerClients {
     pub async fn lease_keep_alive(&self, leader: u64, id: i64) -> Result<i64, Status> {
         Ok(self
             .client(leader)?
-            .lease_keep_alive(LeaseKeepAliveRequest { id })
+            .lease_keep_alive(timed(LeaseKeepAliveRequest { id }, self.timeout))
             .await?
             .into_inner()
             .ttl)
@@ -131,7 +143,10 @@ impl PeerClients {
     ) -> Result<Option<(i64, i64)>, Status> {
         let r = self
             .client(leader)?
-            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+            .lease_time_to_live(timed(
+                LeaseTimeToLiveRequest { id, keys: false },
+                self.timeout,
+            ))
             .await?
             .into_inner();
         Ok((r.ttl != -1).then_some((r.ttl, r.granted_ttl)))
@@ -141,22 +156,15 @@ impl PeerClients {
 /// The answering side, served on the peer port.
 pub struct PeerService {
     raft: Raft,
-    applier: Applier,
     member_id: u64,
     cluster_id: u64,
     lessor: Arc<Lessor>,
 }
 
 impl PeerService {
-    pub fn new(
-        applier: Applier,
-        member_id: u64,
-        cluster_id: u64,
-        lessor: Arc<Lessor>,
-    ) -> PeerService {
+    pub fn new(raft: Raft, member_id: u64, cluster_id: u64, lessor: Arc<Lessor>) -> PeerService {
         PeerService {
-            raft: applier.raft().clone(),
-            applier,
+            raft,
             member_id,
             cluster_id,
             lessor,
@@ -179,11 +187,9 @@ impl pb::peer_server::Peer for PeerService {
         }
         let batch = ProposalBatch::from_internal(req.into_inner())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // Into this leader's own batches, with its local proposals.
-        let submitted = batch.0.into_iter().map(|p| self.applier.submit(p));
-        for result in futures::future::join_all(submitted).await {
-            result?;
-        }
+        // Appended here, never forwarded again: a follower's batch is already a batch, and
+        // forwarding on could chase a moving leader in circles.
+        crate::applier::append_on_leader(&self.raft, batch).await?;
         Ok(Response::new(pb::ProposeResponse { index: 0 }))
     }
 

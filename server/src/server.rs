@@ -117,7 +117,10 @@ pub async fn run(
         raft.clone(),
         id,
         waiters,
-        PeerClients::new(raft.clone()),
+        PeerClients::new(
+            raft.clone(),
+            crate::applier::request_timeout(config.election_timeout),
+        ),
         nospace,
         config.election_timeout,
     );
@@ -147,6 +150,7 @@ pub async fn run(
         applier.clone(),
         identity,
         lessor.clone(),
+        store.clone(),
         stop_rx.clone(),
     )
     .await?;
@@ -160,6 +164,7 @@ pub async fn run(
         )),
         tokio::spawn(bootstrap::follow_leadership(
             raft.clone(),
+            store.clone(),
             id,
             lessor,
             removed.clone(),

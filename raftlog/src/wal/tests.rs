@@ -213,3 +213,53 @@ fn a_refused_batch_writes_nothing() {
     drop(wal);
     assert_holds(&Wal::open(dir.path(), small()).unwrap(), 1, 3);
 }
+
+#[test]
+fn a_zero_filled_tail_is_a_torn_write() {
+    // Blocks allocated but never written before a power loss read back as zeros, after the
+    // last whole record or in the middle of a half-written one.
+    for keep_of_last in [None, Some(10usize)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        append_range(&mut wal, 1, 5);
+        drop(wal);
+        let seg = last_segment(dir.path());
+        let mut bytes = fs::read(&seg).unwrap();
+        if let Some(keep) = keep_of_last {
+            // Record 5 keeps its header and a few payload bytes; the rest became zeros.
+            let rec5 = HEADER_LEN as usize + payload(5).len();
+            let start = bytes.len() - rec5;
+            for b in &mut bytes[start + HEADER_LEN as usize + keep.min(payload(5).len() - 1)..] {
+                *b = 0;
+            }
+        }
+        bytes.extend(std::iter::repeat_n(0u8, 4096));
+        fs::write(&seg, &bytes).unwrap();
+        let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let last = if keep_of_last.is_some() { 4 } else { 5 };
+        assert_holds(&wal, 1, last);
+        append_range(&mut wal, last + 1, last + 2);
+        drop(wal);
+        assert_holds(
+            &Wal::open(dir.path(), WalOptions::default()).unwrap(),
+            1,
+            last + 2,
+        );
+    }
+    // Zeros after a bad record that is followed by good ones are still corruption.
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    append_range(&mut wal, 1, 5);
+    drop(wal);
+    let seg = last_segment(dir.path());
+    let mut bytes = fs::read(&seg).unwrap();
+    let rec1 = HEADER_LEN as usize + payload(1).len();
+    for b in &mut bytes[HEADER_LEN as usize..rec1] {
+        *b = 0;
+    }
+    fs::write(&seg, &bytes).unwrap();
+    assert!(matches!(
+        Wal::open(dir.path(), WalOptions::default()),
+        Err(WalError::Corrupt { offset: 0, .. })
+    ));
+}
