@@ -24,17 +24,18 @@ enum Step {
 }
 
 fn normalize(text: &str) -> String {
+    // Decimal IDs in JSON first: a short one would otherwise pass for a hex ID below.
     let rules: &[(&str, &str)] = &[
-        (r"127\.0\.0\.1:\d+", "EP"),
-        (r"\b[0-9a-f]{12,16}\b", "ID"),
         (r#""(cluster_id|member_id|ID)":\d+"#, r#""$1":N"#),
         (r#""(ClusterID|MemberID)" : \d+"#, r#""$1" : N"#),
+        (r#""lease":[1-9]\d*"#, r#""lease":L"#),
+        (r#""id":\d+"#, r#""id":N"#),
         // Raft terms count elections, which differ between implementations (etcd's first
         // leader is in term 2, openraft's in term 1), like IDs.
         (r#""raft_term":\d+"#, r#""raft_term":T"#),
         (r#""RaftTerm" : \d+"#, r#""RaftTerm" : T"#),
-        (r#""lease":[1-9]\d*"#, r#""lease":L"#),
-        (r#""id":\d+"#, r#""id":N"#),
+        (r"127\.0\.0\.1:\d+", "EP"),
+        (r"\b[0-9a-f]{12,16}\b", "ID"),
         (r"took = [\d.]+[µmn]?s", "took = T"),
         (r"remaining\(\d+s\)", "remaining(Ns)"),
         (r"EP, \d+", "EP, HASH"),
