@@ -8,7 +8,7 @@
 //!   vote, the committed and the purged log ids.
 //! - [`types`]: openraft's type configuration (node = etcd member, entry data = proposal).
 //! - [`proposal`]: the writes an entry carries (a batch of proposals) and entry encodings.
-//! - [`log_store`]: openraft's log storage over the WAL, with a group-commit flusher.
+//! - [`log_store`]: openraft's log storage over the WAL (one fdatasync per append).
 //! - [`state_machine`]: openraft's state machine over `store`, applied index in the same batch.
 //! - [`snapshot`]: snapshots as checkpoint archives: build, send, install (crash-safe).
 //! - [`network`]: the peer transport over gRPC, client and server halves.

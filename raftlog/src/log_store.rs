@@ -1,7 +1,9 @@
-//! openraft's log storage over the [`Wal`]: entries are written by `append` and made durable
-//! by a flusher thread that fdatasyncs once for every append queued meanwhile (group commit),
-//! then tells openraft they are flushed, in order. Recent entries are kept decoded in memory
-//! for replication; older ones are read back from the segments (their CRC checked again).
+//! openraft's log storage over the [`Wal`]: `append` writes the entries it is given and makes
+//! them durable with one fdatasync before telling openraft they are flushed. (openraft 0.9
+//! waits for each flush before its next append, so group commit comes from what one append
+//! carries: an entry holds a whole batch of proposals, and a follower appends every entry of an
+//! AppendEntries message at once.) Recent entries are kept decoded in memory for replication;
+//! older ones are read back from the segments (their CRC checked again).
 //!
 //! Beside the log, three small state files (written atomically, see [`crate::meta`]): `vote`,
 //! `committed` and `purged` (the last log id removed after a snapshot). `committed` is only a
@@ -13,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -51,7 +53,6 @@ struct State {
 pub struct LogStore {
     dir: PathBuf,
     state: Arc<Mutex<State>>,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
     /// How far the state machine's store is durable (see [`LogStore::purge`]).
     durable: watch::Receiver<u64>,
 }
@@ -120,16 +121,9 @@ impl LogStore {
             committed,
             committed_persisted: None,
         }));
-        let (flusher, jobs) = mpsc::channel();
-        let shared = state.clone();
-        std::thread::Builder::new()
-            .name("cairn-wal-sync".into())
-            .spawn(move || flush_loop(shared, jobs))
-            .map_err(|e| e.to_string())?;
         Ok(LogStore {
             dir: dir.to_path_buf(),
             state,
-            flusher,
             durable,
         })
     }
@@ -179,31 +173,6 @@ impl LogStore {
             }
         }
         Ok(out)
-    }
-}
-
-/// Syncs the log for every queued append at once, then reports them flushed, in order.
-fn flush_loop(state: Arc<Mutex<State>>, jobs: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    let mut batch = Vec::new();
-    while let Ok(first) = jobs.recv() {
-        batch.push(first);
-        batch.extend(jobs.try_iter());
-        let handle = state.lock().expect("log lock").wal.sync_handle();
-        let result = match handle {
-            Some((file, path)) => file
-                .sync_data()
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
-            None => Ok(()),
-        };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "raft log fdatasync failed");
-        }
-        for cb in batch.drain(..) {
-            cb.log_io_completed(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            });
-        }
     }
 }
 
@@ -291,10 +260,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 st.cache.pop_first();
             }
         }
-        // The flusher syncs after taking this job, so the sync covers the write above.
-        self.flusher.send(callback).map_err(|_| {
-            StorageIOError::write_logs(&std::io::Error::other("log flusher stopped"))
-        })?;
+        // openraft waits for this flush before its next append, so a thread of its own
+        // would batch nothing: sync here (the batching is in the entries, one per batch of
+        // proposals, and in appends of many entries at once on followers).
+        let handle = self.state.lock().expect("log lock").wal.sync_handle();
+        let sync = || match &handle {
+            Some((file, path)) => file
+                .sync_data()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            None => Ok(()),
+        };
+        let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(sync),
+            _ => sync(),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft log fdatasync failed");
+        }
+        callback.log_io_completed(result);
         Ok(())
     }
 

@@ -77,7 +77,7 @@ pub struct Wal {
     opts: WalOptions,
     /// First index of every segment, ascending; the last one is the active segment.
     segments: Vec<u64>,
-    /// Shared so a flusher can fdatasync it while the next batch is being written.
+    /// Shared so it can be fdatasynced without holding the writer (see `sync_handle`).
     active: Option<Arc<File>>,
     active_len: u64,
     index: BTreeMap<u64, Location>,
