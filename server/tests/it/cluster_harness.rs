@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use etcd_proto::etcdserverpb::{HashKvRequest, StatusRequest};
 
 use crate::grpc::Client;
-use crate::harness::{cairn_bin, etcdctl, etcdctl35, free_port};
+use crate::harness::{becomes_healthy, cairn_bin, free_port};
 
 pub struct Member {
     pub name: String,
@@ -133,19 +133,9 @@ impl Cluster {
     /// Waits until member `i` answers a linearizable read (it has a leader and is caught up).
     pub fn wait_healthy(&self, i: usize) {
         let m = &self.members[i];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let out = etcdctl(
-                &etcdctl35(),
-                &m.endpoint(),
-                &["endpoint", "health", "--command-timeout=1s"],
-            );
-            if out.status.success() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !becomes_healthy(&m.endpoint()) {
+            panic!("{} did not become healthy; log: {}", m.name, m.log());
         }
-        panic!("{} did not become healthy; log: {}", m.name, m.log());
     }
 
     /// Kills member `i` with SIGKILL.

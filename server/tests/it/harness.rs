@@ -153,23 +153,13 @@ impl Server {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let out = etcdctl(
-                &etcdctl35(),
-                &self.endpoint(),
-                &["endpoint", "health", "--command-timeout=1s"],
+        if !becomes_healthy(&self.endpoint()) {
+            panic!(
+                "{:?} did not become healthy; log: {}",
+                self.kind,
+                self.log()
             );
-            if out.status.success() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "{:?} did not become healthy; log: {}",
-            self.kind,
-            self.log()
-        );
     }
 
     pub fn log(&self) -> String {
@@ -218,6 +208,19 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether `endpoint` answers `etcdctl endpoint health` (a linearizable read) within 30 s.
+pub fn becomes_healthy(endpoint: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let args = ["endpoint", "health", "--command-timeout=1s"];
+        if etcdctl(&etcdctl35(), endpoint, &args).status.success() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
 
 /// Runs an etcdctl binary against `endpoint` (API v3).
