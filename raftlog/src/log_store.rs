@@ -314,7 +314,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Entries may only go once the state machine holds their effect durably (it writes
     /// without fsync, and after installing a snapshot it is ahead of the log only once the
     /// install is done): the purge waits for the `durable` watermark to reach `log_id`, or a
-    /// crash could leave a hole between the store and the log.
+    /// crash could leave a hole between the store and the log. On a follower installing a
+    /// snapshot, openraft's core waits here until the install is done (it cannot serve
+    /// anything meanwhile anyway; the leader sees it as slow).
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut durable = self.durable.clone();
         if *durable.borrow() < log_id.index {

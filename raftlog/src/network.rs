@@ -13,7 +13,8 @@ use tokio::sync::Notify;
 use etcd_proto::cairnraftpb as pb;
 use etcd_proto::cairnraftpb::raft_client::RaftClient;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -30,6 +31,9 @@ use crate::types::{log_id, Entry, LogId, Member, NodeId, Raft, TypeConfig, Vote}
 /// Largest peer message (a batch of entries or a snapshot chunk) either side accepts.
 pub const PEER_MESSAGE_MAX: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Entry bytes one AppendEntries carries at most (unless a single entry is larger): openraft
+/// gives an append one heartbeat interval to complete.
+pub const APPEND_BYTES_BUDGET: usize = 8 << 20;
 
 // ---- conversions ----------------------------------------------------------------------------
 
@@ -177,10 +181,26 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let entries: Vec<pb::Entry> = rpc.entries.iter().map(entry_to_pb).collect();
+        // An entry can hold a large batch: past the budget, ask openraft to send fewer.
+        let mut bytes = 0;
+        let fit = entries
+            .iter()
+            .take_while(|e| {
+                bytes += e.payload.len();
+                bytes <= APPEND_BYTES_BUDGET
+            })
+            .count();
+        if fit < entries.len() && entries.len() > 1 {
+            let hint = fit.max(1) as u64;
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
         let msg = pb::AppendEntriesRequest {
             vote: Some(vote_to_pb(&rpc.vote)),
             prev_log_id: log_id_to_pb(rpc.prev_log_id),
-            entries: rpc.entries.iter().map(entry_to_pb).collect(),
+            entries,
             leader_commit: log_id_to_pb(rpc.leader_commit),
         };
         let resp = self

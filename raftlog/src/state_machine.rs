@@ -108,8 +108,7 @@ impl StateMachine {
         let membership = read_meta(&store, META_RAFT_MEMBERSHIP)?.unwrap_or_default();
         let nospace = nospace_raised(&store).map_err(|e| e.to_string())?;
         snapshots.advance_durable(applied.map_or(0, |l: LogId| l.index));
-        let partial = read_meta::<(u64, usize)>(&store, META_RAFT_PARTIAL)?
-            .filter(|&(index, _)| applied.is_none_or(|a: LogId| index > a.index));
+        let partial = partial_progress(&store, applied)?;
         Ok(StateMachine {
             partial,
             writer,
@@ -124,6 +123,12 @@ impl StateMachine {
     pub fn store(&self) -> &Store {
         self.writer.store()
     }
+}
+
+/// The entry a store holds part-way, if its progress record is past the applied log id.
+fn partial_progress(store: &Store, applied: Option<LogId>) -> Result<Option<(u64, usize)>, String> {
+    Ok(read_meta::<(u64, usize)>(store, META_RAFT_PARTIAL)?
+        .filter(|&(index, _)| applied.is_none_or(|a| index > a.index)))
 }
 
 fn nospace_raised(store: &Store) -> store::Result<bool> {
@@ -269,7 +274,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_read_err)?
             .unwrap_or_default();
         self.nospace = nospace_raised(&store).map_err(sm_read_err)?;
-        self.partial = None;
+        // A snapshot taken part-way through an entry carries that entry's progress record.
+        self.partial = partial_progress(&store, self.applied).map_err(sm_read_err)?;
         self.observer.restored(self.writer.revision());
         Ok(())
     }

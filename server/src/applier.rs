@@ -276,10 +276,16 @@ impl Applier {
     {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         loop {
-            let result = match self.leader() {
-                Some(leader) if leader == self.member_id => local().await,
-                Some(leader) => remote(leader).await,
-                None => Err(Status::failed_precondition(crate::peer::NOT_LEADER)),
+            let attempt = async {
+                match self.leader() {
+                    Some(leader) if leader == self.member_id => local().await,
+                    Some(leader) => remote(leader).await,
+                    None => Err(Status::failed_precondition(crate::peer::NOT_LEADER)),
+                }
+            };
+            // A change that cannot commit (no quorum) ends with etcd's timeout, not a hang.
+            let Ok(result) = tokio::time::timeout_at(deadline, attempt).await else {
+                return Err(EtcdError::Timeout.into());
             };
             match result {
                 Err(e) if crate::peer::is_not_leader(&e) => {}

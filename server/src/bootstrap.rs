@@ -165,7 +165,8 @@ pub async fn start_raft(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         // Entries kept after a snapshot so a briefly lagging follower catches up from the log.
         max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
-        max_payload_entries: 256,
+        // An entry is a batch of proposals already; see also network::APPEND_BYTES_BUDGET.
+        max_payload_entries: 64,
         ..Default::default()
     }
     .validate()

@@ -121,7 +121,7 @@ impl PeerClients {
     ) -> Result<Option<pb::MemberAttrs>, Status> {
         Ok(self
             .client(leader)?
-            .change_member(req)
+            .change_member(timed(req, self.timeout))
             .await?
             .into_inner()
             .member)
@@ -130,7 +130,7 @@ impl PeerClients {
     /// Tells `member` to campaign now (leadership transfer).
     pub async fn timeout_now(&self, member: u64) -> Result<(), Status> {
         self.client(member)?
-            .timeout_now(pb::TimeoutNowRequest {})
+            .timeout_now(timed(pb::TimeoutNowRequest {}, self.timeout))
             .await?;
         Ok(())
     }
