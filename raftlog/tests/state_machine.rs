@@ -186,3 +186,54 @@ async fn a_snapshot_install_interrupted_by_a_crash_is_finished_on_start() {
         .expect("the snapshot is kept");
     assert_eq!(current.meta, snapshot.meta, "its metadata is recorded too");
 }
+
+#[tokio::test]
+async fn a_snapshot_taken_part_way_through_an_entry_does_not_repeat_its_proposals() {
+    use openraft::storage::RaftSnapshotBuilder;
+    use tokio::io::AsyncReadExt;
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Seen::default());
+    let mut leader = open(leader_dir.path(), seen.clone());
+    leader
+        .apply(vec![entry(1, vec![(1, put("a", 0))])])
+        .await
+        .unwrap();
+    drop(leader);
+    // A crash after the first proposal of entry 2; the restarted member snapshots at once
+    // (as openraft does when its log was purged and no snapshot is on disk).
+    {
+        let (_, mut writer) =
+            Store::open(&leader_dir.path().join("kv"), &BackendOptions::default()).unwrap();
+        let progress = serde_json::to_vec(&(2u64, 1usize)).unwrap();
+        writer
+            .apply_with(&put("b", 0), &[(META_RAFT_PARTIAL, &progress)])
+            .unwrap();
+    }
+    let mut leader = open(leader_dir.path(), seen.clone());
+    let mut snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.meta.last_log_id.unwrap().index, 1);
+
+    let mut follower = open(follower_dir.path(), seen.clone());
+    let mut data = Vec::new();
+    snapshot.snapshot.read_to_end(&mut data).await.unwrap();
+    let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &data)
+        .await
+        .unwrap();
+    follower
+        .install_snapshot(&snapshot.meta, receiving)
+        .await
+        .unwrap();
+    follower
+        .apply(vec![entry(2, vec![(2, put("b", 0)), (3, put("c", 0))])])
+        .await
+        .unwrap();
+    assert_eq!(versions(&follower, "b"), (3, 1), "b written once");
+    assert_eq!(follower.store().current_revision(), 4);
+}
