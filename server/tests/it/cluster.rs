@@ -236,7 +236,7 @@ async fn a_member_far_behind_catches_up_by_snapshot() {
     let entries: usize = std::env::var("CAIRN_SNAPSHOT_TEST_ENTRIES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+        .unwrap_or(3125);
     let mut cluster = Cluster::start(
         3,
         &[
@@ -250,7 +250,8 @@ async fn a_member_far_behind_catches_up_by_snapshot() {
     let down = (leader + 1) % 3;
     cluster.kill(down);
     let mut c = Client::connect(&cluster.members[leader].endpoint()).await;
-    // Txns of 64 puts keep the entry count (what the log holds) high and the test short.
+    // 3125 txns of 64 puts: 200,000 writes, in entries enough to compact the log (snapshot
+    // every 500) far past what the member has, and few enough to keep the test short.
     let mut written = 0;
     let mut i = 0;
     while written < entries {
@@ -340,6 +341,24 @@ async fn learner_added_promoted_and_a_member_removed_under_load() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // MemberUpdate changes a member's peer URLs (here: adds a second name for the same port,
+    // so the member stays reachable).
+    let alias = peer.replace("127.0.0.1", "localhost");
+    let (ok, out) = ctl(
+        &eps[1],
+        &[
+            "member",
+            "update",
+            &id,
+            &format!("--peer-urls={peer},{alias}"),
+        ],
+    );
+    assert!(
+        ok && out.contains(&format!("{id} updated in cluster")),
+        "member update: {out}"
+    );
+    let (ok, out) = ctl(&eps[1], &["member", "list"]);
+    assert!(ok && out.contains(&format!("{peer},{alias}")), "{out}");
     // Remove an original member that is not the leader; it stops by itself.
     let leader = cluster.leader().await;
     let gone = (0..3).find(|&i| i != leader).unwrap();
