@@ -25,6 +25,11 @@ impl Store {
             // Never compacted: nothing is unreachable (and negative revisions do not encode).
             return Ok(0);
         }
+        let _not_restoring = self
+            .inner
+            .restoring
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let db = &self.inner.db;
         let cf_key = db.cf_handle(CF_KEY).expect("cf");
         let cf_rev = db.cf_handle(CF_REV).expect("cf");

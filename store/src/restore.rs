@@ -1,8 +1,8 @@
 //! Replacing the whole store with another one's contents (a Raft snapshot installed on a
 //! member that fell too far behind). The live database is kept open — readers hold handles to
 //! it — and rewritten: every family emptied, then filled from the source checkpoint, in
-//! bounded batches. The caller makes the whole operation restartable (see raftlog's snapshot
-//! install), since a crash part-way leaves a mix.
+//! bounded batches, while readers wait (they would see a mix). The caller makes the whole
+//! operation restartable (see raftlog's snapshot install), since a crash part-way leaves one.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,9 @@ impl Writer {
     /// them durable, and publishes the new state: current and compacted revision included.
     pub fn restore_from(&mut self, src: &Path) -> Result<()> {
         let source = backend::open(src, &BackendOptions::default())?;
+        // Readers and physical compaction wait until the store is whole again.
+        let inner = self.store.inner.clone();
+        let _restoring = inner.restoring.write().unwrap_or_else(|e| e.into_inner());
         let db = &self.store.inner.db;
         let mut opts = WriteOptions::default();
         opts.set_sync(false);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use etcd_proto::mvccpb::KeyValue;
 use rocksdb::{ReadOptions, DB};
@@ -21,6 +21,10 @@ pub(crate) struct Inner {
     pub(crate) published: AtomicI64,
     /// Revision below which history is (logically) gone; [`NEVER_COMPACTED`] at first.
     pub(crate) compacted: AtomicI64,
+    /// Held for writing while the contents are replaced by a snapshot (`Writer::restore_from`),
+    /// for reading by every read view and by physical compaction, so neither sees a half-
+    /// rewritten store.
+    pub(crate) restoring: RwLock<()>,
 }
 
 /// The compacted revision of a store that was never compacted (etcd reports -1 too).
@@ -36,6 +40,7 @@ pub struct Store {
 pub(crate) struct View<'a> {
     pub(crate) db: &'a DB,
     snapshot: rocksdb::Snapshot<'a>,
+    _not_restoring: RwLockReadGuard<'a, ()>,
 }
 
 impl<'a> View<'a> {
@@ -87,6 +92,7 @@ impl Store {
             path: dir.to_path_buf(),
             published: AtomicI64::new(current),
             compacted: AtomicI64::new(compacted),
+            restoring: RwLock::new(()),
         });
         let store = Store { inner };
         let writer = Writer::new(store.clone(), current);
@@ -129,9 +135,15 @@ impl Store {
     }
 
     pub(crate) fn view(&self) -> View<'_> {
+        let guard = self
+            .inner
+            .restoring
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         View {
             db: &self.inner.db,
             snapshot: self.inner.db.snapshot(),
+            _not_restoring: guard,
         }
     }
 
