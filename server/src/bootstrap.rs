@@ -232,7 +232,7 @@ pub async fn serve_peers(
     });
     let raft = applier.raft().clone();
     let peer = etcd_proto::cairnraftpb::peer_server::PeerServer::new(PeerService::new(
-        raft.clone(),
+        applier,
         identity.member_id,
         identity.cluster_id,
         lessor,

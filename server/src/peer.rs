@@ -13,7 +13,6 @@ use etcd_proto::cairnraftpb::peer_client::PeerClient;
 use etcd_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use openraft::error::RaftError;
 use raftlog::network::{peer_channel, PEER_MESSAGE_MAX};
 use raftlog::{ProposalBatch, Raft};
 
@@ -21,6 +20,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::applier::Applier;
 use crate::errors::EtcdError;
 use crate::lessor::Lessor;
 
@@ -156,15 +156,22 @@ impl PeerClients {
 /// The answering side, served on the peer port.
 pub struct PeerService {
     raft: Raft,
+    applier: Applier,
     member_id: u64,
     cluster_id: u64,
     lessor: Arc<Lessor>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, member_id: u64, cluster_id: u64, lessor: Arc<Lessor>) -> PeerService {
+    pub fn new(
+        applier: Applier,
+        member_id: u64,
+        cluster_id: u64,
+        lessor: Arc<Lessor>,
+    ) -> PeerService {
         PeerService {
-            raft,
+            raft: applier.raft().clone(),
+            applier,
             member_id,
             cluster_id,
             lessor,
@@ -197,13 +204,17 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         _req: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        match self.raft.ensure_linearizable().await {
-            Ok(read) => Ok(Response::new(pb::ReadIndexResponse {
-                index: read.map_or(0, |l| l.index),
-            })),
-            Err(RaftError::APIError(_)) => Err(not_leader()),
-            Err(e) => Err(Status::unavailable(e.to_string())),
+        if !self.is_leader() {
+            return Err(not_leader());
         }
+        // Through this leader's own read rounds, so the reads of every member share one
+        // quorum confirmation. Afterwards this leader has applied at least the read index, so
+        // its applied index is one the asker may wait for.
+        self.applier.read_index().await?;
+        let applied = self.raft.metrics().borrow().last_applied;
+        Ok(Response::new(pb::ReadIndexResponse {
+            index: applied.map_or(0, |l| l.index),
+        }))
     }
 
     async fn lease_keep_alive(
