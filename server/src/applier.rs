@@ -146,7 +146,7 @@ impl Applier {
     }
 
     /// Gets the proposal appended to the log, in a batch with whatever else is waiting.
-    pub async fn submit(&self, proposal: Proposal) -> Result<(), Status> {
+    async fn submit(&self, proposal: Proposal) -> Result<(), Status> {
         let (done, rx) = oneshot::channel();
         self.batcher
             .send(Pending { proposal, done })
