@@ -1,0 +1,206 @@
+//! Watch workloads. `watch`: many watchers on a few keys, puts to those keys as fast as the
+//! clients go, and events per second delivered to all watchers. `watch-latency`: puts at a
+//! fixed rate and the time from sending a put to each watcher receiving its event. Every put
+//! value starts with the send time (microseconds since the run began), so a watcher measures
+//! each event's latency without shared state.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_proto::etcdserverpb::kv_client::KvClient;
+use etcd_proto::etcdserverpb::watch_client::WatchClient;
+use etcd_proto::etcdserverpb::watch_request::RequestUnion;
+use etcd_proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use crate::driver::{closed_loop, connect, Meter, Plan};
+use crate::report::Recorder;
+use crate::report::Report;
+
+/// How the watchers are laid out.
+#[derive(Clone, Debug)]
+pub struct WatchSpec {
+    /// gRPC watch streams, spread over the connections.
+    pub streams: usize,
+    /// Watchers on each stream.
+    pub watchers_per_stream: usize,
+    /// Distinct keys watched; watcher `w` watches key `w % keys`, put `i` writes key `i % keys`.
+    pub keys: usize,
+    pub val_size: usize,
+    pub prev_kv: bool,
+}
+
+fn watched_key(n: usize) -> Vec<u8> {
+    format!("/bench/watch/{n:06}").into_bytes()
+}
+
+/// Receives what the watchers on one stream were sent: the event count and latencies.
+struct StreamResult {
+    events: u64,
+    rec: Recorder,
+}
+
+/// Opens the watch streams and waits until every watcher is created, so no event is missed.
+async fn start_watchers(
+    plan: &Plan,
+    spec: &WatchSpec,
+    origin: Instant,
+    received: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<StreamResult>>> {
+    let mut handles = Vec::new();
+    let mut channels = Vec::new();
+    for ep in plan.endpoints.iter().cycle().take(plan.conns.max(1)) {
+        channels.push(connect(ep).await?);
+    }
+    for s in 0..spec.streams {
+        let mut client = WatchClient::new(channels[s % channels.len()].clone());
+        // Queue the create requests before opening the stream: the server sends its response
+        // headers only with its first message, which the tonic call waits for.
+        let (tx, rx) = mpsc::channel(spec.watchers_per_stream + 1);
+        for w in 0..spec.watchers_per_stream {
+            let n = (s * spec.watchers_per_stream + w) % spec.keys.max(1);
+            let create = WatchCreateRequest {
+                key: watched_key(n),
+                prev_kv: spec.prev_kv,
+                ..Default::default()
+            };
+            tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
+                .await?;
+        }
+        let mut inbound = client.watch(ReceiverStream::new(rx)).await?.into_inner();
+        let mut created = 0;
+        while created < spec.watchers_per_stream {
+            let resp = inbound
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("watch stream closed"))??;
+            if resp.created {
+                created += 1;
+            }
+        }
+        let (received, mut stop) = (received.clone(), stop.clone());
+        handles.push(tokio::spawn(async move {
+            let _keep_open = tx;
+            let mut out = StreamResult { events: 0, rec: Recorder::default() };
+            loop {
+                let resp = tokio::select! {
+                    msg = inbound.next() => match msg {
+                        Some(Ok(resp)) => resp,
+                        _ => break,
+                    },
+                    _ = stop.changed() => break,
+                };
+                let now = origin.elapsed().as_micros() as u64;
+                for ev in &resp.events {
+                    if let Some(sent) = ev.kv.as_ref().and_then(|kv| sent_at(&kv.value)) {
+                        out.rec.record(Duration::from_micros(now.saturating_sub(sent)));
+                    }
+                    out.events += 1;
+                }
+                received.fetch_add(resp.events.len() as u64, Ordering::Relaxed);
+            }
+            out
+        }));
+    }
+    Ok(handles)
+}
+
+fn stamped_value(origin: Instant, size: usize) -> Vec<u8> {
+    let mut v = format!("{:020}", origin.elapsed().as_micros()).into_bytes();
+    v.resize(size.max(20), b'v');
+    v
+}
+
+fn sent_at(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value.get(..20)?).ok()?.parse().ok()
+}
+
+/// Runs the puts, then waits for the watchers to receive every event (or gives up after
+/// `drain`), and reports delivered events.
+async fn run(
+    name: &str,
+    plan: &Plan,
+    spec: &WatchSpec,
+    drain: Duration,
+) -> anyhow::Result<Report> {
+    let origin = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watchers = start_watchers(plan, spec, origin, received.clone(), stop_rx).await?;
+    let total_watchers = spec.streams * spec.watchers_per_stream;
+    let keys = spec.keys.max(1);
+    let channels = plan.connect().await?;
+    let meter = Meter::start(&plan.target_pids);
+    let puts = closed_loop(name, plan, |c| {
+        let kv = KvClient::new(channels[c % channels.len()].clone());
+        let val_size = spec.val_size;
+        move |i| {
+            let req = PutRequest {
+                key: watched_key(i as usize % keys),
+                value: stamped_value(origin, val_size),
+                ..Default::default()
+            };
+            let mut kv = kv.clone();
+            async move { kv.put(req).await.map(|_| None) }
+        }
+    })
+    .await;
+    // Watchers of key k get one event per put to k.
+    let mut want = 0u64;
+    for w in 0..total_watchers {
+        let k = w % keys;
+        let puts_to_k = (puts.ops + puts.errors) / keys as u64
+            + u64::from(((puts.ops + puts.errors) % keys as u64) > k as u64);
+        want += puts_to_k;
+    }
+    let deadline = Instant::now() + drain;
+    while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = stop_tx.send(true);
+    let mut rec = Recorder::default();
+    let mut events = 0;
+    for h in watchers {
+        let r = h.await?;
+        events += r.events;
+        rec.merge(&r.rec);
+    }
+    let mut report = meter.finish(name, plan, &rec);
+    report.extra.insert("watchers".into(), total_watchers as f64);
+    report.extra.insert("puts".into(), puts.ops as f64);
+    report.extra.insert("put_errors".into(), puts.errors as f64);
+    report.extra.insert("events_expected".into(), want as f64);
+    report.extra.insert("events_received".into(), events as f64);
+    // Missing events count as errors (a put that failed may still have been applied).
+    report.errors = puts.errors + want.saturating_sub(events);
+    Ok(report)
+}
+
+/// `watch`: events per second delivered (ops are events; latency is put-to-event).
+pub async fn watch(plan: &Plan, spec: &WatchSpec) -> anyhow::Result<Report> {
+    run("watch", plan, spec, Duration::from_secs(30)).await
+}
+
+/// `watch-latency`: puts at `plan.rate`, latency from put to each event.
+pub async fn watch_latency(plan: &Plan, spec: &WatchSpec) -> anyhow::Result<Report> {
+    run("watch-latency", plan, spec, Duration::from_secs(10)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_carry_their_send_time() {
+        let origin = Instant::now() - Duration::from_millis(5);
+        let v = stamped_value(origin, 64);
+        assert_eq!(v.len(), 64);
+        let t = sent_at(&v).unwrap();
+        assert!(t >= 5_000, "{t}");
+        assert_eq!(sent_at(b"short"), None);
+    }
+}
