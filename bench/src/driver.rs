@@ -14,6 +14,10 @@ use tonic::transport::{Channel, Endpoint};
 use crate::cpu;
 use crate::report::{Recorder, Report, RunFacts};
 
+/// An operation that takes longer than this counts as an error (a stuck request must not
+/// hang the run).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A progress bar appears only on runs that last longer than this.
 const PROGRESS_AFTER: Duration = Duration::from_secs(3);
 
@@ -99,7 +103,12 @@ impl Ticket {
             return None;
         }
         if let Some(interval) = self.interval {
-            tokio::time::sleep_until((self.start + interval.mul_f64(i as f64)).into()).await;
+            let slot = self.start + interval.mul_f64(i as f64);
+            if self.deadline.is_some_and(|d| slot >= d) {
+                self.stop.store(true, Ordering::Relaxed);
+                return None;
+            }
+            tokio::time::sleep_until(slot.into()).await;
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.stop.store(true, Ordering::Relaxed);
@@ -150,7 +159,7 @@ pub async fn progress(ticket: Arc<Ticket>, enabled: bool) {
             None => bar.set_position(done),
         }
         bar.set_message(format!("{:.0} ops/s", done as f64 / elapsed.as_secs_f64()));
-        if ticket.stop.load(Ordering::Relaxed) || Some(done) >= ticket.expected() {
+        if ticket.stop.load(Ordering::Relaxed) || ticket.expected().is_some_and(|t| done >= t) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -181,7 +190,12 @@ impl Meter {
     }
 
     pub fn finish(self, workload: &str, plan: &Plan, rec: &Recorder) -> Report {
-        let elapsed = self.started.elapsed();
+        self.finish_at(Instant::now(), workload, plan, rec)
+    }
+
+    /// Like `finish`, with the run's wall time ending at `end` (CPU is counted up to now).
+    pub fn finish_at(self, end: Instant, workload: &str, plan: &Plan, rec: &Recorder) -> Report {
+        let elapsed = end.saturating_duration_since(self.started);
         let server_cpu_s =
             (!self.pids.is_empty()).then(|| cpu::total_cpu_secs(&self.pids) - self.server_cpu);
         let facts = RunFacts {
@@ -219,10 +233,10 @@ where
             let mut rec = Recorder::default();
             while let Some(i) = ticket.take().await {
                 let t = Instant::now();
-                match op(i).await {
-                    Ok(None) => rec.record(t.elapsed()),
-                    Ok(Some(kind)) => rec.record_op(kind, t.elapsed()),
-                    Err(_) => rec.errors += 1,
+                match tokio::time::timeout(OP_TIMEOUT, op(i)).await {
+                    Ok(Ok(None)) => rec.record(t.elapsed()),
+                    Ok(Ok(Some(kind))) => rec.record_op(kind, t.elapsed()),
+                    Ok(Err(_)) | Err(_) => rec.errors += 1,
                 }
                 ticket.done.fetch_add(1, Ordering::Relaxed);
             }
@@ -286,8 +300,9 @@ mod tests {
         let t = Instant::now();
         let timed = plan(0, 1000.0, Some(Duration::from_millis(300)));
         let report = closed_loop("t", &timed, |_| |_| async { Ok::<_, tonic::Status>(None) }).await;
-        // Never more than the rate allows in the time, and the run ends at the deadline.
-        assert!((1..=301).contains(&report.ops), "{}", report.ops);
-        assert!(t.elapsed() >= Duration::from_millis(300));
+        // Never more than the rate allows in the time; the run lasts until the last slot
+        // before the deadline (the 300th, at 299 ms).
+        assert!((1..=300).contains(&report.ops), "{}", report.ops);
+        assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
     }
 }

@@ -209,6 +209,12 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(cli))
 }
 
+/// `x` must be a finite number at least `min`.
+fn check(name: &str, x: f64, min: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(x.is_finite() && x >= min, "--{name} must be a number >= {min}, got {x}");
+    Ok(())
+}
+
 fn plan(g: &Global, total: u64, rate: f64) -> Plan {
     Plan {
         endpoints: g.endpoints.clone(),
@@ -234,6 +240,19 @@ fn watch_spec(w: &WatchFlags, per_stream: usize) -> watch::WatchSpec {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
+    if let Some(d) = g.duration {
+        check("duration", d, 0.001)?;
+    }
+    match &cli.cmd {
+        Cmd::Put { rate, .. } | Cmd::Range { rate, .. } | Cmd::TxnPut { rate, .. } => check("rate", *rate, 0.0)?,
+        Cmd::TxnMixed { rw_ratio, rate, .. } => {
+            check("rw-ratio", *rw_ratio, 0.0)?;
+            check("rate", *rate, 0.0)?;
+        }
+        Cmd::Watch { put_rate, .. } | Cmd::WatchLatency { put_rate, .. } => check("put-rate", *put_rate, 0.0)?,
+        Cmd::K8s { compact_interval, .. } => check("compact-interval", *compact_interval, 0.01)?,
+        _ => {}
+    }
     let report = match &cli.cmd {
         Cmd::Put { total, keys, rate, stock_client } => {
             let p = plan(g, *total, *rate);

@@ -136,6 +136,21 @@ pub struct RunFacts {
 }
 
 impl Report {
+    /// A report of nothing (to collect figures that belong to no run).
+    pub fn empty() -> Report {
+        let facts = RunFacts {
+            workload: String::new(),
+            endpoints: vec![],
+            clients: 0,
+            conns: 0,
+            elapsed: Duration::ZERO,
+            client_cpu_s: 0.0,
+            server_pids: vec![],
+            server_cpu_s: None,
+        };
+        Report::new(facts, &Recorder::default())
+    }
+
     pub fn new(facts: RunFacts, rec: &Recorder) -> Report {
         let ops = rec.count();
         let per_op = |cpu: f64| if ops == 0 { 0.0 } else { cpu * 1e6 / ops as f64 };

@@ -124,11 +124,20 @@ impl Applier {
         let rx = self.waiters.register(id);
         let proposal = Proposal { id, req };
         let outcome = tokio::time::timeout(self.request_timeout, async {
-            self.submit(proposal).await?;
-            match rx.await {
-                Ok(result) => result.map_err(errors::from_apply),
-                Err(_) => Err(EtcdError::Stopped.into()),
+            let mut appended = self.submit(proposal)?;
+            let mut rx = rx;
+            // Usually the applied result comes first: waiting on both lets the proposer wake
+            // straight from the apply, not after the batch's own acknowledgement.
+            tokio::select! {
+                biased;
+                applied = &mut rx => return applied_result(applied),
+                append = &mut appended => match append {
+                    Ok(Ok(())) => {}
+                    Ok(Err(status)) => return Err(status),
+                    Err(_) => return Err(EtcdError::Stopped.into()),
+                },
             }
+            applied_result(rx.await)
         })
         .await;
         match outcome {
@@ -145,13 +154,13 @@ impl Applier {
         }
     }
 
-    /// Gets the proposal appended to the log, in a batch with whatever else is waiting.
-    async fn submit(&self, proposal: Proposal) -> Result<(), Status> {
+    /// Hands the proposal to the batcher; the receiver says whether its batch was appended.
+    fn submit(&self, proposal: Proposal) -> Result<oneshot::Receiver<Result<(), Status>>, Status> {
         let (done, rx) = oneshot::channel();
         self.batcher
             .send(Pending { proposal, done })
             .map_err(|_| Status::from(EtcdError::Stopped))?;
-        rx.await.map_err(|_| Status::from(EtcdError::Stopped))?
+        Ok(rx)
     }
 
     /// Gets one batch appended: locally on the leader, else by the leader; gives up after the
@@ -312,6 +321,16 @@ impl Applier {
 /// etcd's request timeout: 5 s plus two election timeouts.
 pub fn request_timeout(election_timeout: Duration) -> Duration {
     Duration::from_secs(5) + 2 * election_timeout
+}
+
+/// A proposal's outcome as its waiter delivered it.
+fn applied_result(
+    r: Result<Result<Applied, ApplyError>, oneshot::error::RecvError>,
+) -> Result<Applied, Status> {
+    match r {
+        Ok(result) => result.map_err(errors::from_apply),
+        Err(_) => Err(EtcdError::Stopped.into()),
+    }
 }
 
 /// Appends a batch on this member, which believes it leads. If openraft answers that another

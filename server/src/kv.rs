@@ -61,6 +61,48 @@ pub async fn read_range(node: &Arc<Node>, r: RangeRequest) -> Result<RangeRespon
     Ok(resp)
 }
 
+/// Whether every range in the txn (nested ones included) asks for a serializable read.
+fn txn_serializable(t: &TxnRequest) -> bool {
+    use etcd_proto::etcdserverpb::request_op::Request;
+    t.success.iter().chain(&t.failure).all(|op| match &op.request {
+        Some(Request::RequestRange(r)) => r.serializable,
+        Some(Request::RequestTxn(inner)) => txn_serializable(inner),
+        _ => true,
+    })
+}
+
+/// A read-only txn on the read path, as etcd serves it: linearizable (after the read barrier)
+/// unless every range in it is serializable.
+async fn read_txn(node: &Arc<Node>, r: TxnRequest) -> Result<TxnResponse, Status> {
+    if !txn_serializable(&r) {
+        node.applier.read_index().await?;
+    }
+    // Single-key reads run here; scans of ranges move off the async workers.
+    let mut resp = if single_keys(&r) {
+        store::read_txn::execute(&node.store, &r).map_err(errors::from_store)?
+    } else {
+        let store = node.store.clone();
+        tokio::task::spawn_blocking(move || store::read_txn::execute(&store, &r))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(errors::from_store)?
+    };
+    let rev = resp.header.map_or(0, |h| h.revision);
+    resp.header = Some(node.header(rev));
+    Ok(resp)
+}
+
+/// Whether every compare and range in the txn names a single key.
+fn single_keys(t: &TxnRequest) -> bool {
+    use etcd_proto::etcdserverpb::request_op::Request;
+    t.compare.iter().all(|c| c.range_end.is_empty())
+        && t.success.iter().chain(&t.failure).all(|op| match &op.request {
+            Some(Request::RequestRange(r)) => r.range_end.is_empty(),
+            Some(Request::RequestTxn(inner)) => single_keys(inner),
+            _ => true,
+        })
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(
@@ -117,8 +159,9 @@ impl Kv for KvService {
         let r = request.into_inner();
         validate::txn(&r, self.node.config.txn_ops_max)?;
         self.check_size(r.encoded_len())?;
-        // Read-only txns also go through Raft: the state machine is the one place that
-        // evaluates compares and ranges against one consistent revision.
+        if store::read_txn::is_read_only(&r) {
+            return Ok(Response::new(read_txn(&self.node, r).await?));
+        }
         let applied = self.propose(WriteRequest::Txn(r)).await?;
         match applied.response {
             WriteResponse::Txn(mut resp) => {

@@ -7,6 +7,12 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use server::Flags;
 
+/// jemalloc serves every allocation in the process, RocksDB's C++ included (the crate's
+/// unprefixed `malloc` replaces glibc's): under load glibc's allocator spent about a fifth of
+/// the server's CPU in fragmentation handling, and jemalloc keeps the resident set tighter.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cairn",

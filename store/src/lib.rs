@@ -32,6 +32,7 @@ pub mod history;
 pub mod keycodec;
 pub mod mvcc;
 pub mod range;
+pub mod read_txn;
 pub mod request;
 mod restore;
 pub mod revision;

@@ -68,6 +68,7 @@ fn pair<'a>(r: &'a Results, members: usize, workload: &str, clients: usize) -> O
 fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
     let mut add = |what: String, measured: Option<f64>, goal: &'static str, ok: &dyn Fn(f64) -> bool| {
+        let measured = measured.filter(|x| x.is_finite());
         t.push(Target { what, met: measured.map(ok), measured, goal });
     };
     for (w, c) in [("put", 256), ("txn-put", 64), ("range-l", 256), ("range-s", 256), ("watch", super::WATCHERS)] {
@@ -185,7 +186,7 @@ pub fn render(r: &Results, chart: &Path, analysis: Option<&str>) -> String {
     for m in sizes {
         table(&mut out, r, m);
     }
-    let _ = writeln!(out, "\nWorkloads: `put` random keys over 100,000, 256-byte values; `range-l`/`range-s` one key, linearizable/serializable; `txn-put` compare mod_revision then put (each client its own keys); `txn-mixed` one-op txns, half reads (linearizable) and half puts; `lease-keepalive` one lease per client, renewals round trips; `k8s` the kube-apiserver-shaped mix (`bench/src/workload/k8s.rs`); `watch` 2,000 puts from 16 clients over 10 keys, 1,000 watchers (10 streams × 100), ops are events delivered; `watch-latency` 500 puts/s to one key watched by 100 watchers with prev_kv, latency from put to event. Connections: one per 16 clients.");
+    let _ = writeln!(out, "\nWorkloads: `put` random keys over 100,000, 256-byte values; `range-l`/`range-s` one key, linearizable/serializable; `txn-put` compare mod_revision then put (each client its own keys); `txn-mixed` one-op txns, half reads (linearizable) and half puts; `lease-keepalive` one lease per client, renewals round trips; `k8s` the kube-apiserver-shaped mix (`bench/src/workload/k8s.rs`); `watch` 1,000 puts from 16 clients to one key watched by 1,000 watchers (10 streams × 100), ops are events delivered per second from the first put to the last event; `watch-latency` 500 puts/s to one key watched by 100 watchers with prev_kv, latency from put to event. Connections: one per 16 clients; on clusters the leader's endpoint comes first (all load of 1 and 16 clients goes to the leader). Between cases both servers compact their history. CPU a server spends after a run until it is idle again (flushes, compactions) is charged to that run. Unlike etcd's own tool, `txn-put` is one compare-and-put per txn (Kubernetes' update), `txn-mixed` reads one key, and `lease-keepalive` reuses one stream per client.");
     if !r.footprints.is_empty() {
         let _ = writeln!(out, "\n## Memory and disk\n\nA fresh single member of each, loaded with 256-byte values under sequential 16-byte keys by 256 clients, measured 5 s after the load.\n\n| Server | Keys | RSS MiB | On-disk MiB | Load ops/s |\n|---|---:|---:|---:|---:|");
         for f in &r.footprints {

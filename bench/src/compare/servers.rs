@@ -36,18 +36,20 @@ pub struct Cluster {
     children: Vec<Child>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Ports for every member at once (listeners are held until all are chosen, so no two
+/// members get the same one).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 impl Cluster {
     /// Starts `members` members of `kind` from `bin`, data under `root/<kind>-<n>`, and waits
     /// until every member reports a leader.
     pub async fn start(kind: Kind, bin: &Path, members: usize, root: &Path) -> anyhow::Result<Cluster> {
-        let mut ports = Vec::new();
-        for _ in 0..members {
-            ports.push((free_port()?, free_port()?));
-        }
+        let all = free_ports(2 * members)?;
+        let ports: Vec<(u16, u16)> = all.chunks(2).map(|p| (p[0], p[1])).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
@@ -80,13 +82,20 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Waits until every member knows a leader, then puts the leader's endpoint first, so
+    /// load sent to one endpoint goes to the leader on either server.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut ids = Vec::new();
+        let mut leader = 0;
         for ep in self.endpoints.clone() {
             loop {
                 if let Ok(ch) = connect(&ep).await {
                     if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
-                        if s.into_inner().leader != 0 {
+                        let s = s.into_inner();
+                        if s.leader != 0 {
+                            ids.push(s.header.map(|h| h.member_id).unwrap_or(0));
+                            leader = s.leader;
                             break;
                         }
                     }
@@ -101,6 +110,9 @@ impl Cluster {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+        if let Some(i) = ids.iter().position(|id| *id == leader) {
+            self.endpoints.swap(0, i);
         }
         Ok(())
     }

@@ -133,14 +133,18 @@ async fn watch_resources(ch: Channel, events: Arc<AtomicU64>) -> anyhow::Result<
     Ok(())
 }
 
-/// Compacts every interval to the revision seen one interval earlier, as the apiserver does.
+async fn current_revision(kv: &mut KvClient<Channel>) -> Option<i64> {
+    let req = RangeRequest { key: b"/registry/".to_vec(), limit: 1, keys_only: true, ..Default::default() };
+    Some(kv.range(req).await.ok()?.into_inner().header?.revision)
+}
+
+/// Compacts every interval to the revision seen one interval earlier, as the apiserver does
+/// (the first one an interval after the run starts).
 async fn compactor(mut kv: KvClient<Channel>, every: Duration, done: Arc<AtomicU64>) {
-    let mut previous = 0;
+    let mut previous = current_revision(&mut kv).await.unwrap_or(0);
     loop {
         tokio::time::sleep(every).await;
-        let req = RangeRequest { key: b"/registry/".to_vec(), limit: 1, keys_only: true, ..Default::default() };
-        let Ok(resp) = kv.range(req).await else { continue };
-        let now = resp.into_inner().header.map(|h| h.revision).unwrap_or(0);
+        let Some(now) = current_revision(&mut kv).await else { continue };
         if previous > 0 && kv.compact(CompactionRequest { revision: previous, physical: false }).await.is_ok() {
             done.fetch_add(1, Ordering::Relaxed);
         }
@@ -149,7 +153,11 @@ async fn compactor(mut kv: KvClient<Channel>, every: Duration, done: Arc<AtomicU
 }
 
 pub async fn run(plan: &Plan, spec: &K8sSpec) -> anyhow::Result<Report> {
+    anyhow::ensure!(spec.objects > 0, "k8s needs at least one object");
+    anyhow::ensure!(spec.compact_interval >= Duration::from_millis(10), "compaction interval too short");
     let channels = plan.connect().await?;
+    // Names of objects this run creates are its own, whatever earlier runs left behind.
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     let world = Arc::new(World {
         revs: (0..spec.objects).map(|_| AtomicI64::new(0)).collect(),
         lease: Mutex::new((0, EVENTS_PER_LEASE)),
@@ -180,7 +188,8 @@ pub async fn run(plan: &Plan, spec: &K8sSpec) -> anyhow::Result<Report> {
             let op = op.map(|(name, _)| *name).unwrap_or("update");
             let n = rng.random_range(0..spec.objects.max(1));
             let (world, spec, created, ch) = (world.clone(), spec.clone(), created.clone(), ch.clone());
-            async move { one_op(op, n, c, i, ch, &world, &spec, &created).await }
+            let name = (nonce, c, i);
+            async move { one_op(op, n, name, ch, &world, &spec, &created).await }
         }
     })
     .await;
@@ -193,12 +202,10 @@ pub async fn run(plan: &Plan, spec: &K8sSpec) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn one_op(
     op: &'static str,
     n: u64,
-    client: usize,
-    i: u64,
+    (nonce, client, i): (u64, usize, u64),
     ch: Channel,
     world: &World,
     spec: &K8sSpec,
@@ -253,15 +260,15 @@ async fn one_op(
         }
         "delete" => {
             let Some((key, rev)) = created.lock().await.pop_front() else {
-                return create(&mut kv, n, client, i, value, created).await;
+                return create(&mut kv, n, (nonce, client, i), value, world, created).await;
             };
             kv.txn(delete_txn(key, rev)).await?;
             Ok(Some("delete"))
         }
-        "create" => create(&mut kv, n, client, i, value, created).await,
+        "create" => create(&mut kv, n, (nonce, client, i), value, world, created).await,
         _ => {
             let lease = event_lease(&mut LeaseClient::new(ch), world).await?;
-            let key = format!("/registry/events/ns-{}/ev-{client}-{i}", n % NAMESPACES).into_bytes();
+            let key = format!("/registry/events/ns-{}/ev-{nonce}-{client}-{i}", n % NAMESPACES).into_bytes();
             kv.put(PutRequest { key, value, lease, ..Default::default() }).await?;
             Ok(Some("event"))
         }
@@ -271,16 +278,19 @@ async fn one_op(
 async fn create(
     kv: &mut KvClient<Channel>,
     n: u64,
-    client: usize,
-    i: u64,
+    (nonce, client, i): (u64, usize, u64),
     value: Vec<u8>,
+    world: &World,
     created: &Mutex<VecDeque<(Vec<u8>, i64)>>,
 ) -> Result<Option<&'static str>, tonic::Status> {
     let resource = RESOURCES[(n % 4) as usize];
-    let key = format!("/registry/{resource}/ns-{}/new-{client}-{i}", n % NAMESPACES).into_bytes();
+    let ns = n % NAMESPACES;
+    let key = format!("/registry/{resource}/ns-{ns}/new-{nonce}-{client}-{i}").into_bytes();
     let resp = kv.txn(create_txn(key.clone(), value)).await?.into_inner();
     if resp.succeeded {
         created.lock().await.push_back((key, resp.header.map(|h| h.revision).unwrap_or(0)));
+    } else {
+        world.conflicts.fetch_add(1, Ordering::Relaxed);
     }
     Ok(Some("create"))
 }

@@ -127,11 +127,47 @@ fn mod_rev_equals(key: Vec<u8>, rev: i64) -> Compare {
     }
 }
 
+/// The mod_revision of every existing key of the key space, read page by page (keys only).
+async fn known_revisions(
+    kv: &mut KvClient<tonic::transport::Channel>,
+    keys: &Keys,
+) -> anyhow::Result<HashMap<u64, i64>> {
+    const PAGE: i64 = 10_000;
+    let end = keys.key(keys.key_space);
+    let mut from = keys.key(0);
+    let mut out = HashMap::new();
+    loop {
+        let req = RangeRequest {
+            key: from.clone(),
+            range_end: end.clone(),
+            limit: PAGE,
+            keys_only: true,
+            ..Default::default()
+        };
+        let resp = kv.range(req).await?.into_inner();
+        for item in &resp.kvs {
+            if let Some(n) = std::str::from_utf8(&item.key).ok().and_then(|k| k.parse().ok()) {
+                out.insert(n, item.mod_revision);
+            }
+        }
+        match resp.kvs.last() {
+            Some(last) if resp.more => {
+                from = last.key.clone();
+                from.push(0);
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
 /// `txn-put`: each operation is an optimistic update, `if mod_revision(key) == last seen
 /// then put else get`; a conflict refreshes the revision and retries within the operation.
-/// Clients write disjoint keys, so conflicts come only from keys left by earlier runs.
+/// Clients write disjoint keys and start from the revisions the store holds (read before the
+/// clock starts), so a conflict means a server answered a compare wrongly or a key changed
+/// underneath; they are counted.
 pub async fn txn_put(plan: &Plan, keys: &Keys) -> anyhow::Result<Report> {
     let channels = plan.connect().await?;
+    let known = known_revisions(&mut KvClient::new(channels[0].clone()), keys).await?;
     let conflicts = Arc::new(AtomicU64::new(0));
     let clients = plan.clients as u64;
     let mut report = closed_loop("txn-put", plan, |c| {
@@ -139,7 +175,9 @@ pub async fn txn_put(plan: &Plan, keys: &Keys) -> anyhow::Result<Report> {
         let keys = keys.clone();
         let mut rng = client_rng(c);
         let value = keys.value(&mut rng);
-        let seen: Arc<tokio::sync::Mutex<HashMap<u64, i64>>> = Default::default();
+        let own: HashMap<u64, i64> =
+            known.iter().filter(|(n, _)| **n % clients == c as u64).map(|(n, r)| (*n, *r)).collect();
+        let seen = Arc::new(tokio::sync::Mutex::new(own));
         let conflicts = conflicts.clone();
         move |i| {
             // This client's keys are those congruent to it modulo the client count.
@@ -241,7 +279,8 @@ pub async fn stock_client(
 ) -> anyhow::Result<Report> {
     let mut clients = Vec::new();
     for i in 0..plan.conns.max(1) {
-        let ep = format!("http://{}", plan.endpoints[i % plan.endpoints.len()]);
+        let ep = plan.endpoints[i % plan.endpoints.len()].clone();
+        let ep = if ep.contains("://") { ep } else { format!("http://{ep}") };
         clients.push(etcd_client::Client::connect([ep], None).await?);
     }
     let ticket = crate::driver::Ticket::new(plan);

@@ -49,6 +49,7 @@ async fn start_watchers(
     spec: &WatchSpec,
     origin: Instant,
     received: Arc<AtomicU64>,
+    last_event_us: Arc<AtomicU64>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<StreamResult>>> {
     let mut handles = Vec::new();
@@ -82,7 +83,8 @@ async fn start_watchers(
                 created += 1;
             }
         }
-        let (received, mut stop) = (received.clone(), stop.clone());
+        let (received, last_event_us, mut stop) =
+            (received.clone(), last_event_us.clone(), stop.clone());
         handles.push(tokio::spawn(async move {
             let _keep_open = tx;
             let mut out = StreamResult { events: 0, rec: Recorder::default() };
@@ -101,7 +103,10 @@ async fn start_watchers(
                     }
                     out.events += 1;
                 }
-                received.fetch_add(resp.events.len() as u64, Ordering::Relaxed);
+                if !resp.events.is_empty() {
+                    last_event_us.fetch_max(now, Ordering::Relaxed);
+                    received.fetch_add(resp.events.len() as u64, Ordering::Relaxed);
+                }
             }
             out
         }));
@@ -119,47 +124,53 @@ fn sent_at(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value.get(..20)?).ok()?.parse().ok()
 }
 
-/// Runs the puts, then waits for the watchers to receive every event (or gives up after
-/// `drain`), and reports delivered events.
-async fn run(
-    name: &str,
-    plan: &Plan,
-    spec: &WatchSpec,
-    drain: Duration,
-) -> anyhow::Result<Report> {
+/// Runs the puts, then waits for the watchers to receive every event of the puts that
+/// succeeded (giving up once `stall` passes with nothing new), and reports delivered events
+/// over the time from the first put to the last event.
+async fn run(name: &str, plan: &Plan, spec: &WatchSpec, stall: Duration) -> anyhow::Result<Report> {
+    anyhow::ensure!(spec.streams > 0 && spec.watchers_per_stream > 0, "no watchers asked for");
     let origin = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
+    let last_event_us = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let watchers = start_watchers(plan, spec, origin, received.clone(), stop_rx).await?;
+    let watchers =
+        start_watchers(plan, spec, origin, received.clone(), last_event_us.clone(), stop_rx).await?;
     let total_watchers = spec.streams * spec.watchers_per_stream;
     let keys = spec.keys.max(1);
+    let put_ok: Arc<Vec<AtomicU64>> = Arc::new((0..keys).map(|_| AtomicU64::new(0)).collect());
     let channels = plan.connect().await?;
     let meter = Meter::start(&plan.target_pids);
     let puts = closed_loop(name, plan, |c| {
         let kv = KvClient::new(channels[c % channels.len()].clone());
-        let val_size = spec.val_size;
+        let (val_size, put_ok) = (spec.val_size, put_ok.clone());
         move |i| {
+            let k = i as usize % keys;
             let req = PutRequest {
-                key: watched_key(i as usize % keys),
+                key: watched_key(k),
                 value: stamped_value(origin, val_size),
                 ..Default::default()
             };
-            let mut kv = kv.clone();
-            async move { kv.put(req).await.map(|_| None) }
+            let (mut kv, put_ok) = (kv.clone(), put_ok.clone());
+            async move {
+                kv.put(req).await?;
+                put_ok[k].fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
         }
     })
     .await;
-    // Watchers of key k get one event per put to k.
-    let mut want = 0u64;
-    for w in 0..total_watchers {
-        let k = w % keys;
-        let puts_to_k = (puts.ops + puts.errors) / keys as u64
-            + u64::from(((puts.ops + puts.errors) % keys as u64) > k as u64);
-        want += puts_to_k;
-    }
-    let deadline = Instant::now() + drain;
-    while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    // Watcher w watches key w % keys and gets one event per successful put to it.
+    let want: u64 = (0..total_watchers).map(|w| put_ok[w % keys].load(Ordering::Relaxed)).sum();
+    let (mut seen, mut progress_at) = (0, Instant::now());
+    loop {
+        let now = received.load(Ordering::Relaxed);
+        if now >= want || progress_at.elapsed() > stall {
+            break;
+        }
+        if now != seen {
+            (seen, progress_at) = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let _ = stop_tx.send(true);
     let mut rec = Recorder::default();
@@ -169,25 +180,28 @@ async fn run(
         events += r.events;
         rec.merge(&r.rec);
     }
-    let mut report = meter.finish(name, plan, &rec);
+    let end = match last_event_us.load(Ordering::Relaxed) {
+        0 => Instant::now(),
+        last => origin + Duration::from_micros(last),
+    };
+    let mut report = meter.finish_at(end, name, plan, &rec);
     report.extra.insert("watchers".into(), total_watchers as f64);
     report.extra.insert("puts".into(), puts.ops as f64);
     report.extra.insert("put_errors".into(), puts.errors as f64);
     report.extra.insert("events_expected".into(), want as f64);
     report.extra.insert("events_received".into(), events as f64);
-    // Missing events count as errors (a put that failed may still have been applied).
     report.errors = puts.errors + want.saturating_sub(events);
     Ok(report)
 }
 
 /// `watch`: events per second delivered (ops are events; latency is put-to-event).
 pub async fn watch(plan: &Plan, spec: &WatchSpec) -> anyhow::Result<Report> {
-    run("watch", plan, spec, Duration::from_secs(30)).await
+    run("watch", plan, spec, Duration::from_secs(5)).await
 }
 
 /// `watch-latency`: puts at `plan.rate`, latency from put to each event.
 pub async fn watch_latency(plan: &Plan, spec: &WatchSpec) -> anyhow::Result<Report> {
-    run("watch-latency", plan, spec, Duration::from_secs(10)).await
+    run("watch-latency", plan, spec, Duration::from_secs(5)).await
 }
 
 #[cfg(test)]

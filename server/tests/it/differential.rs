@@ -193,12 +193,34 @@ impl Gen {
         }
     }
 
+    /// A txn whose branches only read (served on the read path, not through Raft).
+    fn read_txn(&mut self, rev_hint: i64, depth: u32) -> TxnRequest {
+        let n = self.rng.random_range(0..3);
+        let compare = (0..n).map(|_| self.compare(rev_hint)).collect();
+        let mut reads = |this: &mut Self| -> Vec<RequestOp> {
+            (0..this.rng.random_range(0..4))
+                .map(|_| {
+                    let request = if depth < 2 && this.rng.random_range(0..5) == 0 {
+                        request_op::Request::RequestTxn(this.read_txn(rev_hint, depth + 1))
+                    } else {
+                        request_op::Request::RequestRange(this.range(rev_hint))
+                    };
+                    RequestOp { request: Some(request) }
+                })
+                .collect()
+        };
+        let success = reads(self);
+        let failure = reads(self);
+        TxnRequest { compare, success, failure }
+    }
+
     fn op(&mut self, rev_hint: i64) -> Op {
         match self.rng.random_range(0..100) {
             0..=24 => Op::Range(self.range(rev_hint)),
             25..=49 => Op::Put(self.put()),
             50..=59 => Op::Delete(self.delete()),
-            60..=81 => Op::Txn(self.txn(rev_hint, 0)),
+            60..=71 => Op::Txn(self.txn(rev_hint, 0)),
+            72..=81 => Op::Txn(self.read_txn(rev_hint, 0)),
             82..=84 => Op::Compact(rev_hint - self.rng.random_range(0..8)),
             85..=91 => Op::Grant(LEASES[self.rng.random_range(0..3)]),
             92..=95 => Op::Revoke(LEASES[self.rng.random_range(0..3)]),
@@ -207,15 +229,61 @@ impl Gen {
     }
 }
 
-fn norm_txn(t: &mut TxnResponse) {
+fn norm_txn(req: &TxnRequest, t: &mut TxnResponse) {
     norm_header(&mut t.header);
-    for r in &mut t.responses {
-        match &mut r.response {
-            Some(response_op::Response::ResponseRange(x)) => norm_header(&mut x.header),
-            Some(response_op::Response::ResponsePut(x)) => norm_header(&mut x.header),
-            Some(response_op::Response::ResponseDeleteRange(x)) => norm_header(&mut x.header),
-            Some(response_op::Response::ResponseTxn(x)) => norm_txn(x),
-            None => {}
+    let ops = if t.succeeded { &req.success } else { &req.failure };
+    for (op, r) in ops.iter().zip(&mut t.responses) {
+        match (&op.request, &mut r.response) {
+            (Some(request_op::Request::RequestRange(q)), Some(response_op::Response::ResponseRange(x))) => {
+                norm_header(&mut x.header);
+                norm_ties(q, x);
+            }
+            (_, Some(response_op::Response::ResponseRange(x))) => norm_header(&mut x.header),
+            (_, Some(response_op::Response::ResponsePut(x))) => norm_header(&mut x.header),
+            (_, Some(response_op::Response::ResponseDeleteRange(x))) => norm_header(&mut x.header),
+            (Some(request_op::Request::RequestTxn(inner)), Some(response_op::Response::ResponseTxn(x))) => {
+                norm_txn(inner, x)
+            }
+            (_, Some(response_op::Response::ResponseTxn(x))) => norm_txn(&TxnRequest::default(), x),
+            (_, None) => {}
+        }
+    }
+}
+
+/// etcd sorts on version, revisions or value with Go's unstable sort, so keys that tie on
+/// the sort target come in an order etcd does not define: ties are put in key order, and
+/// when a limit cut the result (the tied keys that made it are arbitrary too) only the
+/// sequence of sort values is compared.
+fn norm_ties(req: &RangeRequest, resp: &mut RangeResponse) {
+    use range_request::SortTarget;
+    let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    if target == SortTarget::Key {
+        return;
+    }
+    let value = |kv: &etcd_proto::mvccpb::KeyValue| -> (i64, Vec<u8>) {
+        match target {
+            SortTarget::Version => (kv.version, vec![]),
+            SortTarget::Create => (kv.create_revision, vec![]),
+            SortTarget::Mod => (kv.mod_revision, vec![]),
+            _ => (0, kv.value.clone()),
+        }
+    };
+    if resp.more {
+        for kv in &mut resp.kvs {
+            let (n, v) = value(kv);
+            *kv = etcd_proto::mvccpb::KeyValue { version: n, value: v, ..Default::default() };
+        }
+    } else {
+        // Stable: runs of equal sort values stay where they are, ordered by key inside.
+        let mut i = 0;
+        while i < resp.kvs.len() {
+            let v = value(&resp.kvs[i]);
+            let mut j = i + 1;
+            while j < resp.kvs.len() && value(&resp.kvs[j]) == v {
+                j += 1;
+            }
+            resp.kvs[i..j].sort_by(|a, b| a.key.cmp(&b.key));
+            i = j;
         }
     }
 }
@@ -223,9 +291,10 @@ fn norm_txn(t: &mut TxnResponse) {
 /// Sends `op` and renders the normalized outcome.
 async fn exec(c: &mut Client, op: &Op) -> String {
     let out = match op.clone() {
-        Op::Range(r) => c.kv.range(r).await.map(|x| {
+        Op::Range(r) => c.kv.range(r.clone()).await.map(|x| {
             let mut x = x.into_inner();
             norm_header(&mut x.header);
+            norm_ties(&r, &mut x);
             format!("{x:?}")
         }),
         Op::Put(r) => c.kv.put(r).await.map(|x| {
@@ -238,9 +307,9 @@ async fn exec(c: &mut Client, op: &Op) -> String {
             norm_header(&mut x.header);
             format!("{x:?}")
         }),
-        Op::Txn(r) => c.kv.txn(r).await.map(|x| {
+        Op::Txn(r) => c.kv.txn(r.clone()).await.map(|x| {
             let mut x = x.into_inner();
-            norm_txn(&mut x);
+            norm_txn(&r, &mut x);
             format!("{x:?}")
         }),
         Op::Compact(rev) => {
