@@ -10,6 +10,10 @@ use bench::driver::Plan;
 use bench::workload::{k8s, kv, lease, watch};
 use clap::{Args, Parser, Subcommand};
 
+/// The same allocator as the server: less of the generator's CPU goes to allocation.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "cairn-bench", version, about = "Load generator for etcd v3 endpoints")]
 struct Cli {

@@ -373,7 +373,7 @@ impl WatchStream {
         resp.events = events;
         // etcd's threshold: the request limit plus gRPC's allowance for framing.
         let limit = self.node.config.max_request_bytes + crate::server::GRPC_OVERHEAD_BYTES;
-        if !fragment || resp.encoded_len() < limit || resp.events.len() < 2 {
+        if !fragment || resp.events.len() < 2 || resp.encoded_len() < limit {
             return self.send(resp).await;
         }
         // etcd's rule: fill a fragment until one more event would reach the limit (a fragment

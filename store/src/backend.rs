@@ -62,7 +62,9 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
     db_opts.create_missing_column_families(true);
     db_opts.set_max_background_jobs(2);
     db_opts.set_keep_log_file_num(4);
-    db_opts.set_max_total_wal_size(256 << 20);
+    // RocksDB's own log only bridges memtables to their flush (Raft's WAL is the durability
+    // point): past 64 MiB the oldest memtables are flushed and their log files dropped.
+    db_opts.set_max_total_wal_size(64 << 20);
     let cfs = [CF_KEY, CF_REV, CF_LEASE, CF_META]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
