@@ -181,13 +181,39 @@ impl Applier {
                 Some(leader) if leader == self.member_id => {
                     return append_on_leader(&self.raft, batch).await;
                 }
-                Some(leader) => match self.peers.propose(leader, batch.to_internal()).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) if crate::peer::is_not_leader(&e) => {
-                        tokio::time::sleep(NO_LEADER_WAIT).await
+                Some(leader) => {
+                    // If leadership moves while the leader we sent to is silent (paused,
+                    // partitioned), stop waiting for it: the batch's fate is unknown, which
+                    // etcd reports as "leader changed", and its slot is freed for new batches.
+                    let forward = self.peers.propose(leader, batch.to_internal());
+                    let outcome = tokio::select! {
+                        r = forward => r,
+                        () = self.leader_moves_from(leader) => {
+                            return Err(EtcdError::LeaderChanged.into());
+                        }
+                    };
+                    match outcome {
+                        Ok(()) => return Ok(()),
+                        Err(e) if crate::peer::is_not_leader(&e) => {
+                            tokio::time::sleep(NO_LEADER_WAIT).await
+                        }
+                        Err(e) => return Err(etcd_status(e)),
                     }
-                    Err(e) => return Err(etcd_status(e)),
-                },
+                }
+            }
+        }
+    }
+
+    /// Resolves once this member knows of a leader other than `leader`.
+    async fn leader_moves_from(&self, leader: u64) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let now = metrics.borrow_and_update().current_leader;
+            if now.is_some_and(|l| l != leader) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
             }
         }
     }

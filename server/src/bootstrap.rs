@@ -253,7 +253,8 @@ pub async fn serve_peers(
 
 /// Follows leadership and membership: when this member becomes leader it gives every lease a
 /// full TTL; when it has been removed from the cluster it asks the server to stop (`removed`),
-/// as an etcd member does.
+/// as an etcd member does. When Raft stops on a fatal error it asks the same and returns the
+/// reason, which the server exits with.
 pub async fn follow_leadership(
     raft: Raft,
     store: store::Store,
@@ -261,11 +262,19 @@ pub async fn follow_leadership(
     lessor: Arc<Lessor>,
     removed: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Option<String> {
     let mut metrics = raft.metrics();
     let mut leading = false;
     let mut was_member = false;
     loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            // A failed log write or fsync, or a store that refused a committed entry: going
+            // on could lose or diverge writes, so the member stops (etcd exits too).
+            let reason = fatal.to_string();
+            tracing::error!(error = %reason, "raft stopped on a fatal error; stopping the member");
+            removed.notify_one();
+            return Some(reason);
+        }
         let now_leading = metrics.borrow_and_update().current_leader == Some(member_id);
         // The applied membership: an appended removal could still be truncated.
         let is_member = raftlog::state_machine::applied_membership(&store)
@@ -278,7 +287,7 @@ pub async fn follow_leadership(
                 "the member has been permanently removed from the cluster; stopping"
             );
             removed.notify_one();
-            return;
+            return None;
         }
         was_member |= is_member;
         if now_leading && !leading {
@@ -290,8 +299,15 @@ pub async fn follow_leadership(
         }
         leading = now_leading;
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = stop.changed() => return,
+            changed = metrics.changed() => if changed.is_err() {
+                // Raft is gone; a fatal error is its last word if there was one.
+                return metrics.borrow().running_state.as_ref().err().map(|fatal| {
+                    tracing::error!(error = %fatal, "raft stopped on a fatal error; stopping the member");
+                    removed.notify_one();
+                    fatal.to_string()
+                });
+            },
+            _ = stop.changed() => return None,
         }
     }
 }

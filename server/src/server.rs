@@ -54,6 +54,10 @@ pub enum ServerError {
     },
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Raft stopped on an error it cannot go on from (a failed log write or fsync, a store
+    /// that refused a committed entry): the member stops, as etcd exits on such errors.
+    #[error("raft stopped: {0}")]
+    Fatal(String),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -110,8 +114,10 @@ pub async fn run(
         waiters: waiters.clone(),
         nospace: nospace.clone(),
     });
-    // Notified when this member learns it was removed from the cluster: it then stops.
+    // Notified when this member learns it was removed from the cluster, or Raft stopped on a
+    // fatal error (recorded in `fatal`): it then stops.
     let removed = Arc::new(tokio::sync::Notify::new());
+    let fatal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let raft = bootstrap::start_raft(&config, id, writer, observer, removed.clone()).await?;
     let applier = Applier::new(
         raft.clone(),
@@ -162,14 +168,22 @@ pub async fn run(
             applier.clone(),
             stop_rx.clone(),
         )),
-        tokio::spawn(bootstrap::follow_leadership(
-            raft.clone(),
-            store.clone(),
-            id,
-            lessor,
-            removed.clone(),
-            stop_rx.clone(),
-        )),
+        tokio::spawn({
+            let fatal = fatal.clone();
+            let follow = bootstrap::follow_leadership(
+                raft.clone(),
+                store.clone(),
+                id,
+                lessor,
+                removed.clone(),
+                stop_rx.clone(),
+            );
+            async move {
+                if let Some(reason) = follow.await {
+                    *fatal.lock().expect("fatal lock") = Some(reason);
+                }
+            }
+        }),
         tokio::spawn(crate::quota::run(node.clone(), stop_rx.clone())),
         tokio::spawn(bootstrap::publish(
             applier.clone(),
@@ -240,6 +254,9 @@ pub async fn run(
     // Raft stops after the last request: every acknowledged write is in its fsynced log.
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not stop cleanly");
+    }
+    if let Some(reason) = fatal.lock().expect("fatal lock").take() {
+        return Err(ServerError::Fatal(reason));
     }
     tracing::info!("stopped");
     Ok(())

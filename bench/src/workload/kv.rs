@@ -300,11 +300,15 @@ pub async fn stock_client(
                     None => keys.key(keys.pick(i, &mut rng)),
                 };
                 let t = std::time::Instant::now();
-                let ok = if op == "put" {
-                    kv.put(key, value.clone(), None).await.is_ok()
-                } else {
-                    kv.get(key, None).await.is_ok()
+                // The same per-operation timeout as `closed_loop`, so both drivers pay for it.
+                let call = async {
+                    if op == "put" {
+                        kv.put(key, value.clone(), None).await.is_ok()
+                    } else {
+                        kv.get(key, None).await.is_ok()
+                    }
                 };
+                let ok = tokio::time::timeout(crate::driver::OP_TIMEOUT, call).await.unwrap_or(false);
                 if ok {
                     rec.record(t.elapsed());
                 } else {

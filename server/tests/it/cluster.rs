@@ -23,7 +23,7 @@ fn ctl(endpoint: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn assert_equal_hashes(hashes: &[(String, u32)]) {
+pub fn assert_equal_hashes(hashes: &[(String, u32)]) {
     assert!(hashes.len() >= 2, "compared {hashes:?}");
     assert!(
         hashes.iter().all(|(_, h)| *h == hashes[0].1),
@@ -130,11 +130,11 @@ async fn etcdctl_reads_and_writes_through_every_member() {
 }
 
 /// (key, value, revision) of every acknowledged write.
-type Acked = Arc<Mutex<Vec<(String, String, i64)>>>;
+pub type Acked = Arc<Mutex<Vec<(String, String, i64)>>>;
 
 /// Runs `writers` put loops, spread over `endpoints`, until `stop` is set. A failed put is not
 /// acknowledged and is simply retried with the next value.
-fn write_load(
+pub fn write_load(
     endpoints: Vec<String>,
     writers: usize,
     stop: Arc<AtomicBool>,
@@ -170,7 +170,7 @@ fn write_load(
 }
 
 /// Checks that every acknowledged write is readable through `endpoint` at its revision.
-async fn check_acked(endpoint: &str, acked: &[(String, String, i64)]) {
+pub async fn check_acked(endpoint: &str, acked: &[(String, String, i64)]) {
     let mut c = Client::connect(endpoint).await;
     for (key, value, rev) in acked {
         let req = RangeRequest {

@@ -146,6 +146,17 @@ impl Cluster {
         }
     }
 
+    /// Sends member `i` a signal by name (`STOP` pauses it: it stops answering while it still
+    /// believes what it believed, leadership included; `CONT` resumes it).
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.members[i].child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Starts member `i` again on its ports and data directory.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);

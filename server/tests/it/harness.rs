@@ -166,6 +166,14 @@ impl Server {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
     }
 
+    /// Whether the process has exited on its own.
+    pub fn exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().unwrap().is_some(),
+            None => true,
+        }
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
