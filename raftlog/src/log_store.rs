@@ -274,9 +274,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // openraft waits for this flush before its next append, so a thread of its own
         // would batch nothing: sync here (the batching is in the entries, one per batch of
         // proposals, and in appends of many entries at once on followers). The sync blocks
-        // this worker thread for its duration; tokio's other worker steals the queued tasks.
-        // (`block_in_place` cost a thread hand-off per append: 256-client puts were ~8%
-        // slower with it, and 16-client puts ~10%.)
+        // this worker thread for its duration; the other worker (the server runs at least
+        // two) steals the queued tasks, except the one in this worker's LIFO slot, which waits
+        // out the fsync. (`block_in_place` cost a thread hand-off per append: 256-client puts
+        // were ~8% slower with it, and 16-client puts ~10%.)
         let handle = self.state.lock().expect("log lock").wal.sync_handle();
         let result = match &handle {
             Some((file, path)) => file

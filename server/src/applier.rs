@@ -65,6 +65,9 @@ pub struct Applier {
     batcher: mpsc::UnboundedSender<Pending>,
     nospace: Arc<AtomicBool>,
     request_timeout: Duration,
+    /// How long a proposer whose batch went to a replaced leader waits for it to commit
+    /// anyway (one election timeout).
+    leader_change_grace: Duration,
 }
 
 impl Applier {
@@ -95,6 +98,7 @@ impl Applier {
             reads,
             nospace,
             request_timeout: request_timeout(election_timeout),
+            leader_change_grace: election_timeout,
         };
         tokio::spawn(read_rounds(applier.clone(), rx));
         tokio::spawn(batch_rounds(applier.clone(), pending));
@@ -122,6 +126,9 @@ impl Applier {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let rx = self.waiters.register(id);
+        // However this ends — answered, failed, timed out, or the caller gone (the gRPC
+        // handler dropped) — the waiter does not outlive it.
+        let _forget = ForgetOnDrop { waiters: &self.waiters, id };
         let proposal = Proposal { id, req };
         let outcome = tokio::time::timeout(self.request_timeout, async {
             let mut appended = self.submit(proposal)?;
@@ -133,6 +140,16 @@ impl Applier {
                 applied = &mut rx => return applied_result(applied),
                 append = &mut appended => match append {
                     Ok(Ok(())) => {}
+                    // The batch went to a leader that lost its place. If a quorum had it, the
+                    // new leader commits it with its first entry, within about an election
+                    // timeout: the proposer waits that long for it before reporting etcd's
+                    // "leader changed" (its write's fate then unknown).
+                    Ok(Err(status)) if is_leader_changed(&status) => {
+                        return match tokio::time::timeout(self.leader_change_grace, &mut rx).await {
+                            Ok(applied) => applied_result(applied),
+                            Err(_) => Err(status),
+                        };
+                    }
                     Ok(Err(status)) => return Err(status),
                     Err(_) => return Err(EtcdError::Stopped.into()),
                 },
@@ -140,18 +157,7 @@ impl Applier {
             applied_result(rx.await)
         })
         .await;
-        match outcome {
-            Ok(result) => {
-                if result.is_err() {
-                    self.waiters.forget(id);
-                }
-                result
-            }
-            Err(_) => {
-                self.waiters.forget(id);
-                Err(EtcdError::Timeout.into())
-            }
-        }
+        outcome.unwrap_or_else(|_| Err(EtcdError::Timeout.into()))
     }
 
     /// Hands the proposal to the batcher; the receiver says whether its batch was appended.
@@ -187,6 +193,7 @@ impl Applier {
                     // etcd reports as "leader changed", and its slot is freed for new batches.
                     let forward = self.peers.propose(leader, batch.to_internal());
                     let outcome = tokio::select! {
+                        biased;
                         r = forward => r,
                         () = self.leader_moves_from(leader) => {
                             return Err(EtcdError::LeaderChanged.into());
@@ -347,6 +354,22 @@ impl Applier {
 /// etcd's request timeout: 5 s plus two election timeouts.
 pub fn request_timeout(election_timeout: Duration) -> Duration {
     Duration::from_secs(5) + 2 * election_timeout
+}
+
+/// Removes a proposal's waiter when its proposer stops waiting (a no-op once resolved).
+struct ForgetOnDrop<'a> {
+    waiters: &'a Waiters,
+    id: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.waiters.forget(self.id);
+    }
+}
+
+fn is_leader_changed(status: &Status) -> bool {
+    status.message() == Status::from(EtcdError::LeaderChanged).message()
 }
 
 /// A proposal's outcome as its waiter delivered it.

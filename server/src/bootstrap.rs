@@ -300,12 +300,18 @@ pub async fn follow_leadership(
         leading = now_leading;
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() {
-                // Raft is gone; a fatal error is its last word if there was one.
-                return metrics.borrow().running_state.as_ref().err().map(|fatal| {
-                    tracing::error!(error = %fatal, "raft stopped on a fatal error; stopping the member");
-                    removed.notify_one();
-                    fatal.to_string()
-                });
+                // Raft is gone. Unless the server is stopping, that is fatal: its last word
+                // if it left one, else its core ended without one (a panic).
+                if *stop.borrow() {
+                    return None;
+                }
+                let reason = match &metrics.borrow().running_state {
+                    Err(fatal) => fatal.to_string(),
+                    Ok(()) => "the raft core exited unexpectedly".to_string(),
+                };
+                tracing::error!(error = %reason, "raft stopped; stopping the member");
+                removed.notify_one();
+                return Some(reason);
             },
             _ = stop.changed() => return None,
         }

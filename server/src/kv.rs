@@ -61,20 +61,10 @@ pub async fn read_range(node: &Arc<Node>, r: RangeRequest) -> Result<RangeRespon
     Ok(resp)
 }
 
-/// Whether every range in the txn (nested ones included) asks for a serializable read.
-fn txn_serializable(t: &TxnRequest) -> bool {
-    use etcd_proto::etcdserverpb::request_op::Request;
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(r)) => r.serializable,
-        Some(Request::RequestTxn(inner)) => txn_serializable(inner),
-        _ => true,
-    })
-}
-
 /// A read-only txn on the read path, as etcd serves it: linearizable (after the read barrier)
 /// unless every range in it is serializable.
 async fn read_txn(node: &Arc<Node>, r: TxnRequest) -> Result<TxnResponse, Status> {
-    if !txn_serializable(&r) {
+    if !store::read_txn::is_serializable(&r) {
         node.applier.read_index().await?;
     }
     // Single-key reads run here; scans of ranges move off the async workers.
@@ -98,7 +88,6 @@ fn single_keys(t: &TxnRequest) -> bool {
     t.compare.iter().all(|c| c.range_end.is_empty())
         && t.success.iter().chain(&t.failure).all(|op| match &op.request {
             Some(Request::RequestRange(r)) => r.range_end.is_empty(),
-            Some(Request::RequestTxn(inner)) => single_keys(inner),
             _ => true,
         })
 }
@@ -158,10 +147,11 @@ impl Kv for KvService {
         self.node.reject_learner()?;
         let r = request.into_inner();
         validate::txn(&r, self.node.config.txn_ops_max)?;
-        self.check_size(r.encoded_len())?;
+        // As etcd: only what is proposed to Raft is held to --max-request-bytes.
         if store::read_txn::is_read_only(&r) {
             return Ok(Response::new(read_txn(&self.node, r).await?));
         }
+        self.check_size(r.encoded_len())?;
         let applied = self.propose(WriteRequest::Txn(r)).await?;
         match applied.response {
             WriteResponse::Txn(mut resp) => {

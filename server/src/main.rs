@@ -95,7 +95,11 @@ fn main() -> anyhow::Result<()> {
 fn serve(flags: Flags) -> anyhow::Result<()> {
     let config = flags.validate()?;
     init_logging(&flags.log_level, &flags.log_format)?;
+    // At least two workers: the Raft log's fdatasync blocks the worker it runs on, and the
+    // other one keeps serving meanwhile (on a one-CPU machine too).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     runtime.block_on(server::run(config, shutdown_signal()))?;

@@ -258,6 +258,12 @@ pub async fn run(
     if let Some(reason) = fatal.lock().expect("fatal lock").take() {
         return Err(ServerError::Fatal(reason));
     }
+    // A fatal error while draining (the last fsync failing) is an error exit too.
+    if let Err(fatal) = &raft.metrics().borrow().running_state {
+        if !matches!(fatal, openraft::error::Fatal::Stopped) {
+            return Err(ServerError::Fatal(fatal.to_string()));
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

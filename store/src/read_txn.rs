@@ -1,8 +1,9 @@
-//! Read-only transactions — every operation of both branches a Range, nested txns included —
-//! evaluated on the read path rather than the write path, as etcd does: the compares, and
-//! then the ranges of the chosen branches, all read the store at one revision (the current
-//! one when the txn starts), so the answer is the one the write path would have given at
-//! that revision, without a Raft entry, an fsync or the apply queue.
+//! Read-only transactions — every operation of both branches a Range, as etcd's
+//! `isTxnReadonly` defines them (a nested txn counts as a write) — evaluated on the read path
+//! rather than the write path, as etcd does: the compares, and then the ranges of the chosen
+//! branch, all read the store at one revision (the current one when the txn starts), so the
+//! answer is the one the write path would have given at that revision, without a Raft entry,
+//! an fsync or the apply queue.
 
 use etcd_proto::etcdserverpb::{
     request_op, response_op, RangeRequest, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
@@ -13,12 +14,19 @@ use crate::range::{self, RangeSource};
 use crate::store::Store;
 use crate::{compare, Error, Result};
 
-/// Whether `t` only reads (an operation with no request counts as a write, so such a txn
-/// keeps the write path's handling).
+/// Whether `t` only reads: every operation in both branches is a Range.
 pub fn is_read_only(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| matches!(op.request, Some(request_op::Request::RequestRange(_))))
+}
+
+/// Whether every range of a read-only txn asks for a serializable read (etcd's
+/// `isTxnSerializable`): then it needs no read barrier.
+pub fn is_serializable(t: &TxnRequest) -> bool {
     t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(_)) => true,
-        Some(request_op::Request::RequestTxn(inner)) => is_read_only(inner),
+        Some(request_op::Request::RequestRange(r)) => r.serializable,
         _ => false,
     })
 }
@@ -46,15 +54,13 @@ impl RangeSource for AtRevision<'_> {
 
 /// Evaluates a read-only txn (see [`is_read_only`]) at the store's current revision.
 pub fn execute(store: &Store, t: &TxnRequest) -> Result<TxnResponse> {
-    // A compaction can overtake the txn's revision between two of its reads; the txn then
-    // starts again at the newer current revision (a few times at most).
-    let mut attempts = 0;
     loop {
         let rev = store.current_revision();
-        match execute_at(store, t, rev, true) {
-            Err(Error::Compacted { requested, .. }) if requested == rev && attempts < 3 => {
-                attempts += 1;
-            }
+        match execute_at(store, t, rev) {
+            // A compaction published after `rev` was loaded overtook it: readers see the
+            // compacted revision only together with the revisions it covers, so the txn
+            // starts again at the newer current revision.
+            Err(Error::Compacted { requested, .. }) if requested == rev => continue,
             Ok(mut resp) => {
                 resp.header = Some(ResponseHeader { revision: rev, ..Default::default() });
                 return Ok(resp);
@@ -64,7 +70,7 @@ pub fn execute(store: &Store, t: &TxnRequest) -> Result<TxnResponse> {
     }
 }
 
-fn execute_at(store: &Store, t: &TxnRequest, rev: i64, outermost: bool) -> Result<TxnResponse> {
+fn execute_at(store: &Store, t: &TxnRequest, rev: i64) -> Result<TxnResponse> {
     let mut succeeded = true;
     for c in &t.compare {
         let (scan, _) = store.scan(&c.key, &c.range_end, rev, 0, false)?;
@@ -74,59 +80,74 @@ fn execute_at(store: &Store, t: &TxnRequest, rev: i64, outermost: bool) -> Resul
         }
     }
     let ops = if succeeded { &t.success } else { &t.failure };
-    if outermost {
-        // As on the write path: every chosen range's revision is checked before any runs.
-        check_ranges(store, t, succeeded, rev)?;
+    let ranges: Vec<&RangeRequest> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
+    // As on the write path: every range's revision is checked before any runs.
+    let compacted = store.compacted_revision();
+    for r in &ranges {
+        if r.revision > rev {
+            return Err(Error::FutureRev { requested: r.revision, current: rev });
+        }
+        if r.revision > 0 && r.revision < compacted {
+            return Err(Error::Compacted { requested: r.revision, compacted });
+        }
     }
     let source = AtRevision { store, rev };
-    let mut responses = Vec::with_capacity(ops.len());
-    for op in ops {
-        let response = match &op.request {
-            Some(request_op::Request::RequestRange(r)) => {
-                response_op::Response::ResponseRange(range::execute(&source, r)?)
-            }
-            Some(request_op::Request::RequestTxn(inner)) => {
-                response_op::Response::ResponseTxn(execute_at(store, inner, rev, false)?)
-            }
-            _ => unreachable!("is_read_only admitted only ranges and txns"),
-        };
-        responses.push(ResponseOp { response: Some(response) });
+    let mut responses = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let resp = range::execute(&source, r)?;
+        responses.push(ResponseOp { response: Some(response_op::Response::ResponseRange(resp)) });
     }
     Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
 }
 
-/// The write path's range checks over the branches the txn will take.
-fn check_ranges(store: &Store, t: &TxnRequest, succeeded: bool, rev: i64) -> Result<()> {
-    let compacted = store.compacted_revision();
-    for op in if succeeded { &t.success } else { &t.failure } {
-        match &op.request {
-            Some(request_op::Request::RequestRange(r)) => check_range(r, rev, compacted)?,
-            Some(request_op::Request::RequestTxn(inner)) => {
-                let inner_ok = inner_succeeds(store, inner, rev)?;
-                check_ranges(store, inner, inner_ok, rev)?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use etcd_proto::etcdserverpb::{PutRequest, RequestOp};
 
-fn inner_succeeds(store: &Store, t: &TxnRequest, rev: i64) -> Result<bool> {
-    for c in &t.compare {
-        let (scan, _) = store.scan(&c.key, &c.range_end, rev, 0, false)?;
-        if !compare::holds(c, &scan.kvs) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
+    use super::*;
+    use crate::{BackendOptions, WriteRequest};
 
-fn check_range(r: &RangeRequest, rev: i64, compacted: i64) -> Result<()> {
-    if r.revision > rev {
-        return Err(Error::FutureRev { requested: r.revision, current: rev });
+    fn put(key: &str) -> WriteRequest {
+        WriteRequest::Put(PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() })
     }
-    if r.revision > 0 && r.revision < compacted {
-        return Err(Error::Compacted { requested: r.revision, compacted });
+
+    fn get(key: &str, revision: i64) -> RequestOp {
+        let r = RangeRequest { key: key.into(), revision, ..Default::default() };
+        RequestOp { request: Some(request_op::Request::RequestRange(r)) }
     }
-    Ok(())
+
+    #[test]
+    fn a_compaction_applied_but_not_published_is_invisible_to_read_txns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut writer) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
+        writer.apply(&put("a")).unwrap();
+        writer.apply(&put("b")).unwrap();
+        writer.publish();
+        let published = store.current_revision();
+        // One apply batch writes a key and compacts up to it; it is not yet published.
+        writer.apply(&put("c")).unwrap();
+        writer.apply(&WriteRequest::Compact { revision: writer.revision() }).unwrap();
+        let t = TxnRequest { success: vec![get("a", 0)], ..Default::default() };
+        assert!(is_read_only(&t) && !is_serializable(&t));
+        let resp = execute(&store, &t).unwrap();
+        assert_eq!(resp.header.unwrap().revision, published);
+        assert!(resp.succeeded);
+        writer.publish();
+        let resp = execute(&store, &t).unwrap();
+        assert_eq!(resp.header.unwrap().revision, published + 1);
+        // A range at a revision below the compaction is refused, as on the write path.
+        let old = TxnRequest { success: vec![get("a", published)], ..Default::default() };
+        assert!(matches!(execute(&store, &old), Err(Error::Compacted { .. })));
+        let nested = TxnRequest {
+            success: vec![RequestOp { request: Some(request_op::Request::RequestTxn(t)) }],
+            ..Default::default()
+        };
+        assert!(!is_read_only(&nested), "etcd counts a nested txn as a write");
+    }
 }

@@ -5,7 +5,6 @@
 //! operation restartable (see raftlog's snapshot install), since a crash part-way leaves one.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
@@ -57,10 +56,7 @@ impl Writer {
         let current = read_i64(backend::META_CURRENT_REV)?.unwrap_or(0).max(1);
         let compacted = read_i64(backend::META_SCHEDULED_COMPACT)?.unwrap_or(NEVER_COMPACTED);
         self.rev = current;
-        self.store
-            .inner
-            .compacted
-            .store(compacted, Ordering::Release);
+        self.compacted = compacted;
         self.publish();
         Ok(())
     }

@@ -20,11 +20,16 @@ pub struct Writer {
     pub(crate) store: Store,
     /// Revision of the last written (not necessarily published) request.
     pub(crate) rev: i64,
+    /// The compacted revision as the write path sees it; readers see it (through the store)
+    /// only from `publish` on, together with the revisions it may have compacted past, so a
+    /// reader never finds the store compacted beyond its published revision.
+    pub(crate) compacted: i64,
 }
 
 impl Writer {
     pub(crate) fn new(store: Store, rev: i64) -> Self {
-        Writer { store, rev }
+        let compacted = store.compacted_revision();
+        Writer { store, rev, compacted }
     }
 
     /// The revision of the last applied request, published or not.
@@ -48,7 +53,7 @@ impl Writer {
     /// a crash the store and its applied index always agree.
     pub fn apply_with(&mut self, req: &WriteRequest, meta: &[(&[u8], &[u8])]) -> Result<Applied> {
         let db = &self.store.inner.db;
-        let mut w = Change::new(db, self.rev, self.store.compacted_revision());
+        let mut w = Change::new(db, self.rev, self.compacted);
         let response = match req {
             WriteRequest::Put(p) => {
                 if p.lease != 0 && !lease_exists(db, p.lease)? {
@@ -146,10 +151,7 @@ impl Writer {
         db.write_opt(w.batch, &opts)?;
         self.rev = new_rev;
         if let WriteRequest::Compact { revision } = req {
-            self.store
-                .inner
-                .compacted
-                .store(*revision, Ordering::Release);
+            self.compacted = *revision;
         }
         Ok(Applied {
             response,
@@ -159,7 +161,7 @@ impl Writer {
     }
 
     fn check_compact(&self, revision: i64) -> Result<()> {
-        let compacted = self.store.compacted_revision();
+        let compacted = self.compacted;
         if revision <= compacted {
             return Err(Error::Compacted {
                 requested: revision,
@@ -211,6 +213,10 @@ impl Writer {
             .inner
             .published
             .store(self.rev, Ordering::Release);
+        self.store
+            .inner
+            .compacted
+            .store(self.compacted, Ordering::Release);
     }
 }
 

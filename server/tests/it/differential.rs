@@ -197,7 +197,7 @@ impl Gen {
     fn read_txn(&mut self, rev_hint: i64, depth: u32) -> TxnRequest {
         let n = self.rng.random_range(0..3);
         let compare = (0..n).map(|_| self.compare(rev_hint)).collect();
-        let mut reads = |this: &mut Self| -> Vec<RequestOp> {
+        let reads = |this: &mut Self| -> Vec<RequestOp> {
             (0..this.rng.random_range(0..4))
                 .map(|_| {
                     let request = if depth < 2 && this.rng.random_range(0..5) == 0 {
