@@ -42,23 +42,33 @@ impl KvService {
     }
 }
 
-/// Runs a range on the blocking pool unless it names a single key (a few microseconds).
+/// A range: after the read barrier unless serializable, then read on the store (`on_store`).
 pub async fn read_range(node: &Arc<Node>, r: RangeRequest) -> Result<RangeResponse, Status> {
     if !r.serializable {
         node.applier.read_index().await?;
     }
-    let mut resp = if r.range_end.is_empty() {
-        range::execute(&node.store, &r).map_err(errors::from_store)?
-    } else {
-        let store = node.store.clone();
-        tokio::task::spawn_blocking(move || range::execute(&store, &r))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(errors::from_store)?
-    };
+    let single = r.range_end.is_empty();
+    let mut resp = on_store(node, single, move |store| range::execute(store, &r)).await?;
     let rev = resp.header.map_or(0, |h| h.revision);
     resp.header = Some(node.header(rev));
     Ok(resp)
+}
+
+/// Runs a read on the store: here if it is `small` (a single key: a few microseconds), else
+/// on the blocking pool, off the async workers.
+async fn on_store<T: Send + 'static>(
+    node: &Arc<Node>,
+    small: bool,
+    read: impl FnOnce(&store::Store) -> store::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    if small {
+        return read(&node.store).map_err(errors::from_store);
+    }
+    let store = node.store.clone();
+    tokio::task::spawn_blocking(move || read(&store))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(errors::from_store)
 }
 
 /// A read-only txn on the read path, as etcd serves it: linearizable (after the read barrier)
@@ -67,16 +77,8 @@ async fn read_txn(node: &Arc<Node>, r: TxnRequest) -> Result<TxnResponse, Status
     if !store::read_txn::is_serializable(&r) {
         node.applier.read_index().await?;
     }
-    // Single-key reads run here; scans of ranges move off the async workers.
-    let mut resp = if single_keys(&r) {
-        store::read_txn::execute(&node.store, &r).map_err(errors::from_store)?
-    } else {
-        let store = node.store.clone();
-        tokio::task::spawn_blocking(move || store::read_txn::execute(&store, &r))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(errors::from_store)?
-    };
+    let single = single_keys(&r);
+    let mut resp = on_store(node, single, move |store| store::read_txn::execute(store, &r)).await?;
     let rev = resp.header.map_or(0, |h| h.revision);
     resp.header = Some(node.header(rev));
     Ok(resp)
