@@ -83,7 +83,11 @@ impl Ticket {
         let start = Instant::now();
         Arc::new(Ticket {
             next: AtomicU64::new(0),
-            total: if plan.duration.is_some() { u64::MAX } else { plan.total },
+            total: if plan.duration.is_some() {
+                u64::MAX
+            } else {
+                plan.total
+            },
             deadline: plan.duration.map(|d| start + d),
             start,
             interval: (plan.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate)),
@@ -168,7 +172,9 @@ pub async fn progress(ticket: Arc<Ticket>, enabled: bool) {
 }
 
 fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).expect("valid template").progress_chars("=> ")
+    ProgressStyle::with_template(template)
+        .expect("valid template")
+        .progress_chars("=> ")
 }
 
 /// Measures CPU and wall time around a run.
@@ -296,13 +302,21 @@ mod tests {
         .await;
         assert_eq!(report.ops, 50);
         // 50 operations at 500/s: the last one cannot start before 98 ms.
-        assert!(t.elapsed() >= Duration::from_millis(98), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(98),
+            "{:?}",
+            t.elapsed()
+        );
         let t = Instant::now();
         let timed = plan(0, 1000.0, Some(Duration::from_millis(300)));
         let report = closed_loop("t", &timed, |_| |_| async { Ok::<_, tonic::Status>(None) }).await;
         // Never more than the rate allows in the time; the run lasts until the last slot
         // before the deadline (the 300th, at 299 ms).
         assert!((1..=300).contains(&report.ops), "{}", report.ops);
-        assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(290),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }

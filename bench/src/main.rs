@@ -15,7 +15,11 @@ use clap::{Args, Parser, Subcommand};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
-#[command(name = "cairn-bench", version, about = "Load generator for etcd v3 endpoints")]
+#[command(
+    name = "cairn-bench",
+    version,
+    about = "Load generator for etcd v3 endpoints"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -26,7 +30,12 @@ struct Cli {
 #[derive(Args, Clone)]
 struct Global {
     /// gRPC endpoints (host:port), comma-separated; connections are spread over them.
-    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
     endpoints: Vec<String>,
     /// Total number of gRPC connections.
     #[arg(long, global = true, default_value_t = 1)]
@@ -203,7 +212,9 @@ fn main() -> anyhow::Result<()> {
     // One thread runs every client on one core without cross-thread wake-ups (the least
     // client CPU per operation); more spread the clients over cores.
     let rt = if cli.global.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cli.global.threads)
@@ -215,7 +226,10 @@ fn main() -> anyhow::Result<()> {
 
 /// `x` must be a finite number at least `min`.
 fn check(name: &str, x: f64, min: f64) -> anyhow::Result<()> {
-    anyhow::ensure!(x.is_finite() && x >= min, "--{name} must be a number >= {min}, got {x}");
+    anyhow::ensure!(
+        x.is_finite() && x >= min,
+        "--{name} must be a number >= {min}, got {x}"
+    );
     Ok(())
 }
 
@@ -248,17 +262,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         check("duration", d, 0.001)?;
     }
     match &cli.cmd {
-        Cmd::Put { rate, .. } | Cmd::Range { rate, .. } | Cmd::TxnPut { rate, .. } => check("rate", *rate, 0.0)?,
+        Cmd::Put { rate, .. } | Cmd::Range { rate, .. } | Cmd::TxnPut { rate, .. } => {
+            check("rate", *rate, 0.0)?
+        }
         Cmd::TxnMixed { rw_ratio, rate, .. } => {
             check("rw-ratio", *rw_ratio, 0.0)?;
             check("rate", *rate, 0.0)?;
         }
-        Cmd::Watch { put_rate, .. } | Cmd::WatchLatency { put_rate, .. } => check("put-rate", *put_rate, 0.0)?,
-        Cmd::K8s { compact_interval, .. } => check("compact-interval", *compact_interval, 0.01)?,
+        Cmd::Watch { put_rate, .. } | Cmd::WatchLatency { put_rate, .. } => {
+            check("put-rate", *put_rate, 0.0)?
+        }
+        Cmd::K8s {
+            compact_interval, ..
+        } => check("compact-interval", *compact_interval, 0.01)?,
         _ => {}
     }
     let report = match &cli.cmd {
-        Cmd::Put { total, keys, rate, stock_client } => {
+        Cmd::Put {
+            total,
+            keys,
+            rate,
+            stock_client,
+        } => {
             let p = plan(g, *total, *rate);
             if *stock_client {
                 kv::stock_client(&p, &keys.keys(), "put", None).await?
@@ -266,11 +291,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 kv::put(&p, &keys.keys()).await?
             }
         }
-        Cmd::Range { key, end, total, consistency, limit, prefix, rate, stock_client } => {
+        Cmd::Range {
+            key,
+            end,
+            total,
+            consistency,
+            limit,
+            prefix,
+            rate,
+            stock_client,
+        } => {
             let p = plan(g, *total, *rate);
             if *stock_client {
                 anyhow::ensure!(end.is_none() && !prefix, "--stock-client ranges one key");
-                let keys = kv::Keys { key_size: 0, val_size: 0, key_space: 1, sequential: true };
+                let keys = kv::Keys {
+                    key_size: 0,
+                    val_size: 0,
+                    key_space: 1,
+                    sequential: true,
+                };
                 kv::stock_client(&p, &keys, "range", Some(key.clone().into_bytes())).await?
             } else {
                 let range_end = match (end, prefix) {
@@ -287,21 +326,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 kv::range(&p, &spec).await?
             }
         }
-        Cmd::TxnPut { total, keys, rate } => kv::txn_put(&plan(g, *total, *rate), &keys.keys()).await?,
-        Cmd::TxnMixed { total, keys, rw_ratio, consistency, rate } => {
+        Cmd::TxnPut { total, keys, rate } => {
+            kv::txn_put(&plan(g, *total, *rate), &keys.keys()).await?
+        }
+        Cmd::TxnMixed {
+            total,
+            keys,
+            rw_ratio,
+            consistency,
+            rate,
+        } => {
             let s = consistency_is_serializable(consistency)?;
             kv::txn_mixed(&plan(g, *total, *rate), &keys.keys(), *rw_ratio, s).await?
         }
-        Cmd::Watch { w, watch_per_stream, put_rate } => {
+        Cmd::Watch {
+            w,
+            watch_per_stream,
+            put_rate,
+        } => {
             let p = plan(g, w.put_total, *put_rate);
             watch::watch(&p, &watch_spec(w, *watch_per_stream)).await?
         }
-        Cmd::WatchLatency { w, watchers_per_stream, put_rate } => {
+        Cmd::WatchLatency {
+            w,
+            watchers_per_stream,
+            put_rate,
+        } => {
             let p = plan(g, w.put_total, *put_rate);
             watch::watch_latency(&p, &watch_spec(w, *watchers_per_stream)).await?
         }
         Cmd::LeaseKeepalive { total } => lease::keepalive(&plan(g, *total, 0.0)).await?,
-        Cmd::K8s { total, objects, val_size, list_limit, compact_interval } => {
+        Cmd::K8s {
+            total,
+            objects,
+            val_size,
+            list_limit,
+            compact_interval,
+        } => {
             let spec = k8s::K8sSpec {
                 objects: *objects,
                 val_size: *val_size,

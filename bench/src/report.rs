@@ -27,7 +27,11 @@ pub struct Recorder {
 
 impl Default for Recorder {
     fn default() -> Self {
-        Recorder { hist: new_hist(), errors: 0, by_op: BTreeMap::new() }
+        Recorder {
+            hist: new_hist(),
+            errors: 0,
+            by_op: BTreeMap::new(),
+        }
     }
 }
 
@@ -45,7 +49,11 @@ impl Recorder {
     pub fn record_op(&mut self, op: &'static str, latency: Duration) {
         self.record(latency);
         let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
-        self.by_op.entry(op).or_insert_with(new_hist).record(us).expect("within bounds");
+        self.by_op
+            .entry(op)
+            .or_insert_with(new_hist)
+            .record(us)
+            .expect("within bounds");
     }
 
     pub fn count(&self) -> u64 {
@@ -56,7 +64,11 @@ impl Recorder {
         self.hist.add(&other.hist).expect("same bounds");
         self.errors += other.errors;
         for (op, h) in &other.by_op {
-            self.by_op.entry(op).or_insert_with(new_hist).add(h).expect("same bounds");
+            self.by_op
+                .entry(op)
+                .or_insert_with(new_hist)
+                .add(h)
+                .expect("same bounds");
         }
     }
 }
@@ -153,7 +165,13 @@ impl Report {
 
     pub fn new(facts: RunFacts, rec: &Recorder) -> Report {
         let ops = rec.count();
-        let per_op = |cpu: f64| if ops == 0 { 0.0 } else { cpu * 1e6 / ops as f64 };
+        let per_op = |cpu: f64| {
+            if ops == 0 {
+                0.0
+            } else {
+                cpu * 1e6 / ops as f64
+            }
+        };
         let elapsed_s = facts.elapsed.as_secs_f64();
         let cdf = if rec.hist.is_empty() {
             Vec::new()
@@ -171,7 +189,11 @@ impl Report {
             ops,
             errors: rec.errors,
             elapsed_s,
-            ops_per_sec: if elapsed_s > 0.0 { ops as f64 / elapsed_s } else { 0.0 },
+            ops_per_sec: if elapsed_s > 0.0 {
+                ops as f64 / elapsed_s
+            } else {
+                0.0
+            },
             latency_ms: Latency::of(&rec.hist),
             cdf,
             client_cpu_s: facts.client_cpu_s,
@@ -183,7 +205,10 @@ impl Report {
                 .by_op
                 .iter()
                 .map(|(op, h)| {
-                    let s = OpSummary { ops: h.len(), latency_ms: Latency::of(h) };
+                    let s = OpSummary {
+                        ops: h.len(),
+                        latency_ms: Latency::of(h),
+                    };
                     (op.to_string(), s)
                 })
                 .collect(),
@@ -214,7 +239,10 @@ impl Report {
             self.client_cpu_us_per_op,
         );
         if let Some(cpu) = self.server_cpu_us_per_op {
-            s += &format!("  Server CPU:\t{cpu:.1} µs/op (pids {:?})\n", self.server_pids);
+            s += &format!(
+                "  Server CPU:\t{cpu:.1} µs/op (pids {:?})\n",
+                self.server_pids
+            );
         }
         for (op, o) in &self.by_op {
             s += &format!(

@@ -13,7 +13,11 @@ use bench::report::Report;
 fn cairn_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("cairn");
-    assert!(bin.exists(), "{} missing: run the workspace's tests (./test.sh)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run the workspace's tests (./test.sh)",
+        bin.display()
+    );
     bin
 }
 
@@ -34,7 +38,11 @@ fn bench(cluster: &Cluster, args: &[&str]) -> Report {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{args:?}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = stdout.lines().last().expect("a JSON line");
     let report: Report = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(report.errors, 0, "{args:?} on {:?}: {line}", cluster.kind);
@@ -46,34 +54,146 @@ async fn every_workload(kind: Kind, bin: PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(kind, &bin, 1, dir.path()).await.unwrap();
     let c = &cluster;
-    let put = bench(c, &["--clients", "8", "--conns", "2", "put", "--total", "500", "--val-size", "64", "--key-space-size", "100", "--sequential-keys"]);
+    let put = bench(
+        c,
+        &[
+            "--clients",
+            "8",
+            "--conns",
+            "2",
+            "put",
+            "--total",
+            "500",
+            "--val-size",
+            "64",
+            "--key-space-size",
+            "100",
+            "--sequential-keys",
+        ],
+    );
     assert_eq!(put.ops, 500);
     // The puts wrote keys 00000000..00000099: a prefix range with a limit returns them.
-    let r = bench(c, &["--clients", "4", "range", "000000", "--prefix", "--limit", "10", "--consistency", "s", "--total", "200"]);
+    let r = bench(
+        c,
+        &[
+            "--clients",
+            "4",
+            "range",
+            "000000",
+            "--prefix",
+            "--limit",
+            "10",
+            "--consistency",
+            "s",
+            "--total",
+            "200",
+        ],
+    );
     assert_eq!(r.ops, 200);
     let r = bench(c, &["range", "00000001", "--total", "100", "--json"]);
     assert_eq!((r.workload.as_str(), r.ops), ("range-l", 100));
-    let t = bench(c, &["--clients", "4", "txn-put", "--total", "300", "--key-space-size", "40"]);
+    let t = bench(
+        c,
+        &[
+            "--clients",
+            "4",
+            "txn-put",
+            "--total",
+            "300",
+            "--key-space-size",
+            "40",
+        ],
+    );
     assert_eq!(t.ops, 300);
-    let t = bench(c, &["--clients", "4", "txn-mixed", "--total", "300", "--key-space-size", "40", "--rw-ratio", "3"]);
+    let t = bench(
+        c,
+        &[
+            "--clients",
+            "4",
+            "txn-mixed",
+            "--total",
+            "300",
+            "--key-space-size",
+            "40",
+            "--rw-ratio",
+            "3",
+        ],
+    );
     assert_eq!(t.ops, 300);
     assert_eq!(t.by_op["read"].ops + t.by_op["write"].ops, 300);
-    let w = bench(c, &["--clients", "4", "watch", "--streams", "3", "--watch-per-stream", "5", "--watched-key-total", "4", "--put-total", "100"]);
+    let w = bench(
+        c,
+        &[
+            "--clients",
+            "4",
+            "watch",
+            "--streams",
+            "3",
+            "--watch-per-stream",
+            "5",
+            "--watched-key-total",
+            "4",
+            "--put-total",
+            "100",
+        ],
+    );
     // 15 watchers over 4 keys (4, 4, 4, 3 watchers), 25 puts to each key.
     assert_eq!(w.extra["events_expected"], 375.0);
     assert_eq!(w.ops, 375);
-    let w = bench(c, &["watch-latency", "--streams", "2", "--watchers-per-stream", "3", "--watched-key-total", "1", "--put-total", "50", "--put-rate", "200", "--prev-kv"]);
+    let w = bench(
+        c,
+        &[
+            "watch-latency",
+            "--streams",
+            "2",
+            "--watchers-per-stream",
+            "3",
+            "--watched-key-total",
+            "1",
+            "--put-total",
+            "50",
+            "--put-rate",
+            "200",
+            "--prev-kv",
+        ],
+    );
     assert_eq!(w.ops, 300);
     let l = bench(c, &["--clients", "3", "lease-keepalive", "--total", "150"]);
     assert_eq!(l.ops, 150);
-    let k = bench(c, &["--clients", "4", "k8s", "--total", "400", "--objects", "120", "--list-limit", "7", "--compact-interval", "0.2"]);
+    let k = bench(
+        c,
+        &[
+            "--clients",
+            "4",
+            "k8s",
+            "--total",
+            "400",
+            "--objects",
+            "120",
+            "--list-limit",
+            "7",
+            "--compact-interval",
+            "0.2",
+        ],
+    );
     assert_eq!(k.ops, 400);
-    assert!(k.by_op.contains_key("update") && k.by_op.contains_key("event"), "{:?}", k.by_op);
+    assert!(
+        k.by_op.contains_key("update") && k.by_op.contains_key("event"),
+        "{:?}",
+        k.by_op
+    );
     if k.by_op.contains_key("list") {
         // At least 30 objects per resource at 7 per page: every list takes 5 pages or more.
-        assert!(k.extra["list_pages"] >= 5.0 * k.by_op["list"].ops as f64, "{:?}", k.extra);
+        assert!(
+            k.extra["list_pages"] >= 5.0 * k.by_op["list"].ops as f64,
+            "{:?}",
+            k.extra
+        );
     }
-    let s = bench(c, &["--clients", "2", "put", "--stock-client", "--total", "100"]);
+    let s = bench(
+        c,
+        &["--clients", "2", "put", "--stock-client", "--total", "100"],
+    );
     assert_eq!((s.workload.as_str(), s.ops), ("put (etcd-client)", 100));
     cluster.stop();
 }
@@ -93,24 +213,55 @@ fn compare_writes_the_report_and_chart() {
     let dir = tempfile::tempdir().unwrap();
     let (out, assets) = (dir.path().join("B.md"), dir.path().join("assets"));
     let status = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
-        .args(["compare", "--rounds", "1", "--run-secs", "0.3", "--client-counts", "1,4"])
-        .args(["--members", "1", "--memory-keys", "300", "--only", "put,range-s"])
-        .arg("--etcd-bin").arg(etcd_bin())
-        .arg("--cairn-bin").arg(cairn_bin())
-        .arg("--out").arg(&out)
-        .arg("--assets").arg(&assets)
-        .arg("--data-root").arg(dir.path())
+        .args([
+            "compare",
+            "--rounds",
+            "1",
+            "--run-secs",
+            "0.3",
+            "--client-counts",
+            "1,4",
+        ])
+        .args([
+            "--members",
+            "1",
+            "--memory-keys",
+            "300",
+            "--only",
+            "put,range-s",
+        ])
+        .arg("--etcd-bin")
+        .arg(etcd_bin())
+        .arg("--cairn-bin")
+        .arg(cairn_bin())
+        .arg("--out")
+        .arg(&out)
+        .arg("--assets")
+        .arg(&assets)
+        .arg("--data-root")
+        .arg(dir.path())
         .status()
         .unwrap();
     assert!(status.success());
     let md = std::fs::read_to_string(&out).unwrap();
-    for row in ["| put | 1 |", "| put | 4 |", "| range-s | 4 |", "| etcd | 300 |", "| cairn | 300 |"] {
+    for row in [
+        "| put | 1 |",
+        "| put | 4 |",
+        "| range-s | 4 |",
+        "| etcd | 300 |",
+        "| cairn | 300 |",
+    ] {
         assert!(md.contains(row), "{row} missing from\n{md}");
     }
     assert!(md.contains("| put, 1 client, p50 latency"), "{md}");
     let svg = std::fs::read_to_string(assets.join("chart.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("cairn put"), "{}", &svg[..200.min(svg.len())]);
+    assert!(
+        svg.starts_with("<svg") && svg.contains("cairn put"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
     let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(assets.join("results.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(assets.join("results.json")).unwrap())
+            .unwrap();
     assert_eq!(results["samples"].as_array().unwrap().len(), 2 * 2 * 2);
 }

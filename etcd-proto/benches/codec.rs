@@ -23,12 +23,26 @@ fn kv(i: usize, value: usize) -> KeyValue {
 }
 
 fn header() -> Option<ResponseHeader> {
-    Some(ResponseHeader { cluster_id: 1, member_id: 2, revision: 123_456, raft_term: 5 })
+    Some(ResponseHeader {
+        cluster_id: 1,
+        member_id: 2,
+        revision: 123_456,
+        raft_term: 5,
+    })
 }
 
 fn messages() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> usize)> {
-    let put = PutRequest { key: b"00001234".to_vec(), value: vec![b'x'; 256], ..Default::default() };
-    let range = RangeResponse { header: header(), kvs: (0..100).map(|i| kv(i, 256)).collect(), more: false, count: 100 };
+    let put = PutRequest {
+        key: b"00001234".to_vec(),
+        value: vec![b'x'; 256],
+        ..Default::default()
+    };
+    let range = RangeResponse {
+        header: header(),
+        kvs: (0..100).map(|i| kv(i, 256)).collect(),
+        more: false,
+        count: 100,
+    };
     let key = b"/registry/pods/default/pod-000001".to_vec();
     let txn = TxnRequest {
         compare: vec![Compare {
@@ -38,20 +52,45 @@ fn messages() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> usize)> {
             target_union: Some(TargetUnion::ModRevision(99)),
             ..Default::default()
         }],
-        success: vec![RequestOp { request: Some(Request::RequestPut(PutRequest { key: key.clone(), value: vec![b'p'; 2048], ..Default::default() })) }],
-        failure: vec![RequestOp { request: Some(Request::RequestRange(RangeRequest { key, ..Default::default() })) }],
+        success: vec![RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: key.clone(),
+                value: vec![b'p'; 2048],
+                ..Default::default()
+            })),
+        }],
+        failure: vec![RequestOp {
+            request: Some(Request::RequestRange(RangeRequest {
+                key,
+                ..Default::default()
+            })),
+        }],
     };
     let watch = WatchResponse {
         header: header(),
         watch_id: 7,
-        events: (0..100).map(|i| Event { r#type: 0, kv: Some(kv(i, 256)), prev_kv: Some(kv(i, 256)) }).collect(),
+        events: (0..100)
+            .map(|i| Event {
+                r#type: 0,
+                kv: Some(kv(i, 256)),
+                prev_kv: Some(kv(i, 256)),
+            })
+            .collect(),
         ..Default::default()
     };
     vec![
-        ("put_request", put.encode_to_vec(), |b| PutRequest::decode(b).unwrap().value.len()),
-        ("range_response_100", range.encode_to_vec(), |b| RangeResponse::decode(b).unwrap().kvs.len()),
-        ("txn_update", txn.encode_to_vec(), |b| TxnRequest::decode(b).unwrap().success.len()),
-        ("watch_response_100", watch.encode_to_vec(), |b| WatchResponse::decode(b).unwrap().events.len()),
+        ("put_request", put.encode_to_vec(), |b| {
+            PutRequest::decode(b).unwrap().value.len()
+        }),
+        ("range_response_100", range.encode_to_vec(), |b| {
+            RangeResponse::decode(b).unwrap().kvs.len()
+        }),
+        ("txn_update", txn.encode_to_vec(), |b| {
+            TxnRequest::decode(b).unwrap().success.len()
+        }),
+        ("watch_response_100", watch.encode_to_vec(), |b| {
+            WatchResponse::decode(b).unwrap().events.len()
+        }),
     ]
 }
 
@@ -63,14 +102,29 @@ fn codec(c: &mut Criterion) {
     }
     g.finish();
     let mut g = c.benchmark_group("encode");
-    let range = RangeResponse { header: header(), kvs: (0..100).map(|i| kv(i, 256)).collect(), more: false, count: 100 };
+    let range = RangeResponse {
+        header: header(),
+        kvs: (0..100).map(|i| kv(i, 256)).collect(),
+        more: false,
+        count: 100,
+    };
     g.throughput(Throughput::Bytes(range.encoded_len() as u64));
     g.bench_function("range_response_100", |b| {
-        b.iter_batched_ref(|| Vec::with_capacity(range.encoded_len()), |buf| range.encode(buf).unwrap(), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            || Vec::with_capacity(range.encoded_len()),
+            |buf| range.encode(buf).unwrap(),
+            BatchSize::SmallInput,
+        )
     });
-    let put = PutRequest { key: b"00001234".to_vec(), value: vec![b'x'; 256], ..Default::default() };
+    let put = PutRequest {
+        key: b"00001234".to_vec(),
+        value: vec![b'x'; 256],
+        ..Default::default()
+    };
     g.throughput(Throughput::Bytes(put.encoded_len() as u64));
-    g.bench_function("put_request", |b| b.iter(|| std::hint::black_box(&put).encode_to_vec()));
+    g.bench_function("put_request", |b| {
+        b.iter(|| std::hint::black_box(&put).encode_to_vec())
+    });
     g.finish();
 }
 

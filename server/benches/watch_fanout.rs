@@ -26,7 +26,11 @@ struct Cli {
 const STREAMS: usize = 10;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Opens `n` watchers on `key`; every event received bumps `seen` and wakes `notify`.
@@ -38,10 +42,21 @@ async fn watchers(ch: &Channel, key: &[u8], n: usize, seen: Arc<AtomicU64>, noti
         }
         let (tx, rx) = mpsc::channel(per + 1);
         for _ in 0..per {
-            let create = WatchCreateRequest { key: key.to_vec(), ..Default::default() };
-            tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+            let create = WatchCreateRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            };
+            tx.send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            })
+            .await
+            .unwrap();
         }
-        let mut inbound = WatchClient::new(ch.clone()).watch(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut inbound = WatchClient::new(ch.clone())
+            .watch(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         let mut created = 0;
         while created < per {
             created += usize::from(inbound.next().await.unwrap().unwrap().created);
@@ -58,7 +73,11 @@ async fn watchers(ch: &Channel, key: &[u8], n: usize, seen: Arc<AtomicU64>, noti
 }
 
 fn fanout(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
     let cli = Cli::parse_from([
@@ -80,7 +99,14 @@ fn fanout(c: &mut Criterion) {
         loop {
             let url = format!("http://127.0.0.1:{client}");
             if let Ok(ch) = Channel::from_shared(url).unwrap().connect().await {
-                if KvClient::new(ch.clone()).put(PutRequest { key: b"ready".to_vec(), ..Default::default() }).await.is_ok() {
+                if KvClient::new(ch.clone())
+                    .put(PutRequest {
+                        key: b"ready".to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+                {
                     break ch;
                 }
             }
@@ -102,7 +128,13 @@ fn fanout(c: &mut Criterion) {
                     let start = Instant::now();
                     for _ in 0..iters {
                         let want = seen.load(Ordering::Relaxed) + n as u64;
-                        kv.put(PutRequest { key: key.clone(), value: vec![b'v'; 256], ..Default::default() }).await.unwrap();
+                        kv.put(PutRequest {
+                            key: key.clone(),
+                            value: vec![b'v'; 256],
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
                         while seen.load(Ordering::Relaxed) < want {
                             notify.notified().await;
                         }

@@ -128,7 +128,10 @@ impl Applier {
         let rx = self.waiters.register(id);
         // However this ends — answered, failed, timed out, or the caller gone (the gRPC
         // handler dropped) — the waiter does not outlive it.
-        let _forget = ForgetOnDrop { waiters: &self.waiters, id };
+        let _forget = ForgetOnDrop {
+            waiters: &self.waiters,
+            id,
+        };
         let proposal = Proposal { id, req };
         let outcome = tokio::time::timeout(self.request_timeout, async {
             let mut appended = self.submit(proposal)?;

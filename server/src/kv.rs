@@ -78,7 +78,10 @@ async fn read_txn(node: &Arc<Node>, r: TxnRequest) -> Result<TxnResponse, Status
         node.applier.read_index().await?;
     }
     let single = single_keys(&r);
-    let mut resp = on_store(node, single, move |store| store::read_txn::execute(store, &r)).await?;
+    let mut resp = on_store(node, single, move |store| {
+        store::read_txn::execute(store, &r)
+    })
+    .await?;
     let rev = resp.header.map_or(0, |h| h.revision);
     resp.header = Some(node.header(rev));
     Ok(resp)
@@ -88,10 +91,13 @@ async fn read_txn(node: &Arc<Node>, r: TxnRequest) -> Result<TxnResponse, Status
 fn single_keys(t: &TxnRequest) -> bool {
     use etcd_proto::etcdserverpb::request_op::Request;
     t.compare.iter().all(|c| c.range_end.is_empty())
-        && t.success.iter().chain(&t.failure).all(|op| match &op.request {
-            Some(Request::RequestRange(r)) => r.range_end.is_empty(),
-            _ => true,
-        })
+        && t.success
+            .iter()
+            .chain(&t.failure)
+            .all(|op| match &op.request {
+                Some(Request::RequestRange(r)) => r.range_end.is_empty(),
+                _ => true,
+            })
 }
 
 #[tonic::async_trait]

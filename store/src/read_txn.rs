@@ -25,10 +25,13 @@ pub fn is_read_only(t: &TxnRequest) -> bool {
 /// Whether every range of a read-only txn asks for a serializable read (etcd's
 /// `isTxnSerializable`): then it needs no read barrier.
 pub fn is_serializable(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(r)) => r.serializable,
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => r.serializable,
+            _ => false,
+        })
 }
 
 /// Ranges inside the txn: `revision` 0 reads at the txn's revision.
@@ -62,7 +65,10 @@ pub fn execute(store: &Store, t: &TxnRequest) -> Result<TxnResponse> {
             // starts again at the newer current revision.
             Err(Error::Compacted { requested, .. }) if requested == rev => continue,
             Ok(mut resp) => {
-                resp.header = Some(ResponseHeader { revision: rev, ..Default::default() });
+                resp.header = Some(ResponseHeader {
+                    revision: rev,
+                    ..Default::default()
+                });
                 return Ok(resp);
             }
             Err(e) => return Err(e),
@@ -91,19 +97,31 @@ fn execute_at(store: &Store, t: &TxnRequest, rev: i64) -> Result<TxnResponse> {
     let compacted = store.compacted_revision();
     for r in &ranges {
         if r.revision > rev {
-            return Err(Error::FutureRev { requested: r.revision, current: rev });
+            return Err(Error::FutureRev {
+                requested: r.revision,
+                current: rev,
+            });
         }
         if r.revision > 0 && r.revision < compacted {
-            return Err(Error::Compacted { requested: r.revision, compacted });
+            return Err(Error::Compacted {
+                requested: r.revision,
+                compacted,
+            });
         }
     }
     let source = AtRevision { store, rev };
     let mut responses = Vec::with_capacity(ranges.len());
     for r in ranges {
         let resp = range::execute(&source, r)?;
-        responses.push(ResponseOp { response: Some(response_op::Response::ResponseRange(resp)) });
+        responses.push(ResponseOp {
+            response: Some(response_op::Response::ResponseRange(resp)),
+        });
     }
-    Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
+    Ok(TxnResponse {
+        header: Some(ResponseHeader::default()),
+        succeeded,
+        responses,
+    })
 }
 
 #[cfg(test)]
@@ -114,12 +132,22 @@ mod tests {
     use crate::{BackendOptions, WriteRequest};
 
     fn put(key: &str) -> WriteRequest {
-        WriteRequest::Put(PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() })
+        WriteRequest::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
     }
 
     fn get(key: &str, revision: i64) -> RequestOp {
-        let r = RangeRequest { key: key.into(), revision, ..Default::default() };
-        RequestOp { request: Some(request_op::Request::RequestRange(r)) }
+        let r = RangeRequest {
+            key: key.into(),
+            revision,
+            ..Default::default()
+        };
+        RequestOp {
+            request: Some(request_op::Request::RequestRange(r)),
+        }
     }
 
     #[test]
@@ -132,8 +160,15 @@ mod tests {
         let published = store.current_revision();
         // One apply batch writes a key and compacts up to it; it is not yet published.
         writer.apply(&put("c")).unwrap();
-        writer.apply(&WriteRequest::Compact { revision: writer.revision() }).unwrap();
-        let t = TxnRequest { success: vec![get("a", 0)], ..Default::default() };
+        writer
+            .apply(&WriteRequest::Compact {
+                revision: writer.revision(),
+            })
+            .unwrap();
+        let t = TxnRequest {
+            success: vec![get("a", 0)],
+            ..Default::default()
+        };
         assert!(is_read_only(&t) && !is_serializable(&t));
         let resp = execute(&store, &t).unwrap();
         assert_eq!(resp.header.unwrap().revision, published);
@@ -142,12 +177,23 @@ mod tests {
         let resp = execute(&store, &t).unwrap();
         assert_eq!(resp.header.unwrap().revision, published + 1);
         // A range at a revision below the compaction is refused, as on the write path.
-        let old = TxnRequest { success: vec![get("a", published)], ..Default::default() };
-        assert!(matches!(execute(&store, &old), Err(Error::Compacted { .. })));
-        let nested = TxnRequest {
-            success: vec![RequestOp { request: Some(request_op::Request::RequestTxn(t)) }],
+        let old = TxnRequest {
+            success: vec![get("a", published)],
             ..Default::default()
         };
-        assert!(!is_read_only(&nested), "etcd counts a nested txn as a write");
+        assert!(matches!(
+            execute(&store, &old),
+            Err(Error::Compacted { .. })
+        ));
+        let nested = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestTxn(t)),
+            }],
+            ..Default::default()
+        };
+        assert!(
+            !is_read_only(&nested),
+            "etcd counts a nested txn as a write"
+        );
     }
 }

@@ -29,7 +29,11 @@ pub struct Writer {
 impl Writer {
     pub(crate) fn new(store: Store, rev: i64) -> Self {
         let compacted = store.compacted_revision();
-        Writer { store, rev, compacted }
+        Writer {
+            store,
+            rev,
+            compacted,
+        }
     }
 
     /// The revision of the last applied request, published or not.

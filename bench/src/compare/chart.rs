@@ -27,7 +27,10 @@ pub fn draw(r: &Results, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn throughput<DB: DrawingBackend>(r: &Results, area: &DrawingArea<DB, plotters::coord::Shift>) -> anyhow::Result<()>
+fn throughput<DB: DrawingBackend>(
+    r: &Results,
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -46,7 +49,10 @@ where
             let pts: Vec<(f64, f64)> = clients
                 .iter()
                 .filter_map(|&c| {
-                    let case = Case { workload: w.to_string(), clients: c };
+                    let case = Case {
+                        workload: w.to_string(),
+                        clients: c,
+                    };
                     stats(r, 1, server, &case).map(|s| (c as f64, s.ops))
                 })
                 .collect();
@@ -61,19 +67,31 @@ where
         .x_label_area_size(36)
         .y_label_area_size(64)
         .build_cartesian_2d((0.9f64..hi).log_scale(), 0f64..max * 1.1)?;
-    chart.configure_mesh().x_desc("clients").y_desc("ops/s").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("clients")
+        .y_desc("ops/s")
+        .draw()?;
     for (label, c, pts) in series {
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)).point_size(3))?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
     Ok(())
 }
 
 /// x is the number of nines (0.9 → 1, 0.99 → 2…), y the latency in ms (log scale).
-fn cdf<DB: DrawingBackend>(r: &Results, area: &DrawingArea<DB, plotters::coord::Shift>) -> anyhow::Result<()>
+fn cdf<DB: DrawingBackend>(
+    r: &Results,
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -84,11 +102,16 @@ where
         .map(|s| s.case.clients)
         .max()
         .unwrap_or(1);
-    let case = Case { workload: "put".into(), clients };
+    let case = Case {
+        workload: "put".into(),
+        clients,
+    };
     let mut series = Vec::new();
     let (mut lo, mut hi) = (f64::MAX, 0.01f64);
     for server in ["etcd", "cairn"] {
-        let Some(s) = stats(r, 1, server, &case) else { continue };
+        let Some(s) = stats(r, 1, server, &case) else {
+            continue;
+        };
         let pts: Vec<(f64, f64)> = s
             .median_run
             .cdf
@@ -104,7 +127,10 @@ where
     }
     let lo = if lo == f64::MAX { 0.01 } else { lo * 0.8 };
     let mut chart = ChartBuilder::on(area)
-        .caption(format!("put latency CDF, {clients} clients, single member"), ("sans-serif", 18))
+        .caption(
+            format!("put latency CDF, {clients} clients, single member"),
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(64)
@@ -122,6 +148,11 @@ where
             .label(server)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
     Ok(())
 }

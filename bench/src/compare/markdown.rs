@@ -26,10 +26,19 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
-pub fn stats<'a>(results: &'a Results, members: usize, server: &str, case: &Case) -> Option<Stats<'a>> {
+pub fn stats<'a>(
+    results: &'a Results,
+    members: usize,
+    server: &str,
+    case: &Case,
+) -> Option<Stats<'a>> {
     let runs: Vec<&Sample> = results
         .samples
         .iter()
@@ -46,7 +55,10 @@ pub fn stats<'a>(results: &'a Results, members: usize, server: &str, case: &Case
         ops,
         p50: get(&|r| r.latency_ms.p50),
         p99: get(&|r| r.latency_ms.p99),
-        cpu: runs[0].report.server_cpu_us_per_op.map(|_| get(&|r| r.server_cpu_us_per_op.unwrap_or(f64::NAN))),
+        cpu: runs[0]
+            .report
+            .server_cpu_us_per_op
+            .map(|_| get(&|r| r.server_cpu_us_per_op.unwrap_or(f64::NAN))),
         errors: runs.iter().map(|s| s.report.errors).sum(),
         median_run: &by_ops[by_ops.len() / 2].report,
     })
@@ -60,76 +72,194 @@ struct Target {
     met: Option<bool>,
 }
 
-fn pair<'a>(r: &'a Results, members: usize, workload: &str, clients: usize) -> Option<(Stats<'a>, Stats<'a>)> {
-    let case = Case { workload: workload.into(), clients };
-    Some((stats(r, members, "etcd", &case)?, stats(r, members, "cairn", &case)?))
+fn pair<'a>(
+    r: &'a Results,
+    members: usize,
+    workload: &str,
+    clients: usize,
+) -> Option<(Stats<'a>, Stats<'a>)> {
+    let case = Case {
+        workload: workload.into(),
+        clients,
+    };
+    Some((
+        stats(r, members, "etcd", &case)?,
+        stats(r, members, "cairn", &case)?,
+    ))
 }
 
 fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
-    let mut add = |what: String, measured: Option<f64>, goal: &'static str, ok: &dyn Fn(f64) -> bool| {
-        let measured = measured.filter(|x| x.is_finite());
-        t.push(Target { what, met: measured.map(ok), measured, goal });
-    };
-    for (w, c) in [("put", 256), ("txn-put", 64), ("range-l", 256), ("range-s", 256), ("watch", super::WATCHERS)] {
+    let mut add =
+        |what: String, measured: Option<f64>, goal: &'static str, ok: &dyn Fn(f64) -> bool| {
+            let measured = measured.filter(|x| x.is_finite());
+            t.push(Target {
+                what,
+                met: measured.map(ok),
+                measured,
+                goal,
+            });
+        };
+    for (w, c) in [
+        ("put", 256),
+        ("txn-put", 64),
+        ("range-l", 256),
+        ("range-s", 256),
+        ("watch", super::WATCHERS),
+    ] {
         let m = pair(r, 1, w, c).and_then(|(e, k)| Some(k.cpu? / e.cpu?));
-        add(format!("server CPU per op, {w}, {c} clients (cairn ÷ etcd)"), m, "≤ 0.5", &|x| x <= 0.5);
+        add(
+            format!("server CPU per op, {w}, {c} clients (cairn ÷ etcd)"),
+            m,
+            "≤ 0.5",
+            &|x| x <= 0.5,
+        );
     }
     let put256 = pair(r, 1, "put", 256);
-    add("put, 256 clients, ops/s (cairn ÷ etcd)".into(), put256.as_ref().map(|(e, k)| k.ops / e.ops), "≥ 2.0", &|x| x >= 2.0);
-    add("put, 256 clients, p99 latency (cairn ÷ etcd)".into(), put256.as_ref().map(|(e, k)| k.p99 / e.p99), "≤ 1.0", &|x| x <= 1.0);
+    add(
+        "put, 256 clients, ops/s (cairn ÷ etcd)".into(),
+        put256.as_ref().map(|(e, k)| k.ops / e.ops),
+        "≥ 2.0",
+        &|x| x >= 2.0,
+    );
+    add(
+        "put, 256 clients, p99 latency (cairn ÷ etcd)".into(),
+        put256.as_ref().map(|(e, k)| k.p99 / e.p99),
+        "≤ 1.0",
+        &|x| x <= 1.0,
+    );
     let put1 = pair(r, 1, "put", 1).map(|(e, k)| k.p50 / e.p50);
     add(
-        format!("put, 1 client, p50 latency (cairn ÷ etcd); fdatasync p50 here {:.3} ms", r.fdatasync_ms.0),
+        format!(
+            "put, 1 client, p50 latency (cairn ÷ etcd); fdatasync p50 here {:.3} ms",
+            r.fdatasync_ms.0
+        ),
         put1,
         "≤ 0.8",
         &|x| x <= 0.8,
     );
     for w in ["range-s", "range-l"] {
         let m = pair(r, 1, w, 256).map(|(e, k)| k.ops / e.ops);
-        add(format!("{w}, 256 clients, ops/s (cairn ÷ etcd)"), m, "≥ 1.5", &|x| x >= 1.5);
+        add(
+            format!("{w}, 256 clients, ops/s (cairn ÷ etcd)"),
+            m,
+            "≥ 1.5",
+            &|x| x >= 1.5,
+        );
     }
     let m = pair(r, 1, "txn-put", 64).map(|(e, k)| k.ops / e.ops);
-    add("txn-put, 64 clients, ops/s (cairn ÷ etcd)".into(), m, "≥ 2.0", &|x| x >= 2.0);
+    add(
+        "txn-put, 64 clients, ops/s (cairn ÷ etcd)".into(),
+        m,
+        "≥ 2.0",
+        &|x| x >= 2.0,
+    );
     let m = pair(r, 1, "watch", super::WATCHERS).map(|(e, k)| k.ops / e.ops);
-    add("watch, events/s delivered to 1,000 watchers (cairn ÷ etcd)".into(), m, "≥ 2.0", &|x| x >= 2.0);
+    add(
+        "watch, events/s delivered to 1,000 watchers (cairn ÷ etcd)".into(),
+        m,
+        "≥ 2.0",
+        &|x| x >= 2.0,
+    );
     let m = pair(r, 1, "watch-latency", 100).map(|(e, k)| k.p99 / e.p99);
-    add("watch-latency, p99 (cairn ÷ etcd)".into(), m, "≤ 1.0", &|x| x <= 1.0);
+    add(
+        "watch-latency, p99 (cairn ÷ etcd)".into(),
+        m,
+        "≤ 1.0",
+        &|x| x <= 1.0,
+    );
     let m = pair(r, 3, "put", 256).map(|(e, k)| k.ops / e.ops);
-    add("3-member cluster, put, 256 clients, ops/s (cairn ÷ etcd)".into(), m, "≥ 2.0", &|x| x >= 2.0);
+    add(
+        "3-member cluster, put, 256 clients, ops/s (cairn ÷ etcd)".into(),
+        m,
+        "≥ 2.0",
+        &|x| x >= 2.0,
+    );
     let fp = |s: &str| r.footprints.iter().find(|f| f.server == s);
     let (e, k) = (fp("etcd"), fp("cairn"));
-    let m = e.zip(k).map(|(e, k)| k.rss_bytes as f64 / e.rss_bytes as f64);
-    add("RSS after loading the keys (cairn ÷ etcd)".into(), m, "≤ 0.5", &|x| x <= 0.5);
-    let m = e.zip(k).map(|(e, k)| k.disk_bytes as f64 / e.disk_bytes as f64);
-    add("on-disk size after loading the keys (cairn ÷ etcd)".into(), m, "≤ 1.0", &|x| x <= 1.0);
+    let m = e
+        .zip(k)
+        .map(|(e, k)| k.rss_bytes as f64 / e.rss_bytes as f64);
+    add(
+        "RSS after loading the keys (cairn ÷ etcd)".into(),
+        m,
+        "≤ 0.5",
+        &|x| x <= 0.5,
+    );
+    let m = e
+        .zip(k)
+        .map(|(e, k)| k.disk_bytes as f64 / e.disk_bytes as f64);
+    add(
+        "on-disk size after loading the keys (cairn ÷ etcd)".into(),
+        m,
+        "≤ 1.0",
+        &|x| x <= 1.0,
+    );
     let cpu = |d: &str| {
-        let v: Vec<f64> = r.client_cpu.iter().filter(|(n, r)| n == d && r.workload.starts_with("put")).map(|(_, r)| r.client_cpu_us_per_op).collect();
+        let v: Vec<f64> = r
+            .client_cpu
+            .iter()
+            .filter(|(n, r)| n == d && r.workload.starts_with("put"))
+            .map(|(_, r)| r.client_cpu_us_per_op)
+            .collect();
         (!v.is_empty()).then(|| median(v))
     };
-    let m = cpu("cairn-bench").zip(cpu("etcd-client")).map(|(a, b)| a / b);
-    add("load generator client CPU per put (cairn-bench ÷ etcd-client crate)".into(), m, "< 1.0", &|x| x < 1.0);
+    let m = cpu("cairn-bench")
+        .zip(cpu("etcd-client"))
+        .map(|(a, b)| a / b);
+    add(
+        "load generator client CPU per put (cairn-bench ÷ etcd-client crate)".into(),
+        m,
+        "< 1.0",
+        &|x| x < 1.0,
+    );
     t
 }
 
 fn fmt_ratio(x: f64) -> String {
-    if x.is_finite() { format!("{x:.2}") } else { "–".into() }
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "–".into()
+    }
 }
 
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0);
-    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    format!("{cores} cores ({cpu}), {} GiB RAM, Linux {}, run {date}", mem >> 20, kernel.trim())
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {} GiB RAM, Linux {}, run {date}",
+        mem >> 20,
+        kernel.trim()
+    )
 }
 
 fn table(out: &mut String, r: &Results, members: usize) {
@@ -142,19 +272,33 @@ fn table(out: &mut String, r: &Results, members: usize) {
     if cases.is_empty() {
         return;
     }
-    let title = if members == 1 { "Single member".to_string() } else { format!("{members}-member clusters") };
+    let title = if members == 1 {
+        "Single member".to_string()
+    } else {
+        format!("{members}-member clusters")
+    };
     let _ = writeln!(out, "\n## {title}\n");
     let _ = writeln!(out, "| Workload | Clients | etcd ops/s | cairn ops/s | ratio | etcd p50 / p99 ms | cairn p50 / p99 ms | etcd CPU µs/op | cairn CPU µs/op | CPU ratio | errors (e/c) |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for c in cases {
-        let (Some(e), Some(k)) = (stats(r, members, "etcd", c), stats(r, members, "cairn", c)) else { continue };
+        let (Some(e), Some(k)) = (stats(r, members, "etcd", c), stats(r, members, "cairn", c))
+        else {
+            continue;
+        };
         let clients = match c.workload.as_str() {
             "watch" => format!("{} watchers", c.clients),
             "watch-latency" => format!("{} watchers", c.clients),
             _ => c.clients.to_string(),
         };
         let cpu = |s: &Stats| s.cpu.map(|c| format!("{c:.1}")).unwrap_or("–".into());
-        let cpu_ratio = e.cpu.zip(k.cpu).map(|(e, k)| fmt_ratio(k / e)).unwrap_or("–".into());
+        let cpu_ratio = e
+            .cpu
+            .zip(k.cpu)
+            .map(|(e, k)| fmt_ratio(k / e))
+            .unwrap_or("–".into());
         let _ = writeln!(
             out,
             "| {} | {clients} | {:.0} | {:.0} | **{}** | {:.2} / {:.2} | {:.2} / {:.2} | {} | {} | {cpu_ratio} | {} / {} |",
@@ -166,7 +310,11 @@ fn table(out: &mut String, r: &Results, members: usize) {
 pub fn render(r: &Results, chart: &Path, analysis: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks: cairn and etcd 3.5.1, side by side\n");
-    let _ = writeln!(out, "Generated by `./scripts/bench.sh` (`cairn-bench {}`); do not edit by hand.\n", r.args);
+    let _ = writeln!(
+        out,
+        "Generated by `./scripts/bench.sh` (`cairn-bench {}`); do not edit by hand.\n",
+        r.args
+    );
     let _ = writeln!(out, "- Machine: {}.", r.machine);
     let _ = writeln!(out, "- This disk's 4 KiB write + fdatasync: p50 {:.3} ms, p99 {:.3} ms (the floor of a durable write).", r.fdatasync_ms.0, r.fdatasync_ms.1);
     let _ = writeln!(out, "- Both servers are release builds with their default durability (fsync on every commit), data on the same filesystem, clients on 127.0.0.1. The load generator (`cairn-bench`) shares the machine's cores with the server.");
@@ -174,9 +322,16 @@ pub fn render(r: &Results, chart: &Path, analysis: Option<&str>) -> String {
     let _ = writeln!(out, "- Each workload ran against etcd, then cairn, alternating, {rounds} rounds each; figures are medians over the rounds. Ratios are cairn ÷ etcd. Server CPU per op is the server processes' own CPU time (all members) over the run divided by operations completed.");
     let _ = writeln!(out, "- Every run's full result (latency CDF, per-operation figures of mixed workloads) is in `docs/benchmarks/results.json`.\n");
     let _ = writeln!(out, "![throughput and latency]({})\n", chart.display());
-    let _ = writeln!(out, "## Targets\n\n| Target | Measured | Goal | Met |\n|---|---:|---|---|");
+    let _ = writeln!(
+        out,
+        "## Targets\n\n| Target | Measured | Goal | Met |\n|---|---:|---|---|"
+    );
     for t in targets(r) {
-        let met = match t.met { Some(true) => "yes", Some(false) => "**no**", None => "not measured" };
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
         let m = t.measured.map(fmt_ratio).unwrap_or("–".into());
         let _ = writeln!(out, "| {} | {m} | {} | {met} |", t.what, t.goal);
     }
@@ -190,14 +345,35 @@ pub fn render(r: &Results, chart: &Path, analysis: Option<&str>) -> String {
     if !r.footprints.is_empty() {
         let _ = writeln!(out, "\n## Memory and disk\n\nA fresh single member of each, loaded with 256-byte values under sequential 16-byte keys by 256 clients, measured 5 s after the load.\n\n| Server | Keys | RSS MiB | On-disk MiB | Load ops/s |\n|---|---:|---:|---:|---:|");
         for f in &r.footprints {
-            let _ = writeln!(out, "| {} | {} | {:.0} | {:.0} | {:.0} |", f.server, f.keys, f.rss_bytes as f64 / 1048576.0, f.disk_bytes as f64 / 1048576.0, f.load_ops_per_sec);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} | {:.0} |",
+                f.server,
+                f.keys,
+                f.rss_bytes as f64 / 1048576.0,
+                f.disk_bytes as f64 / 1048576.0,
+                f.load_ops_per_sec
+            );
         }
     }
     if !r.client_cpu.is_empty() {
         let _ = writeln!(out, "\n## The load generator's own CPU\n\nThe same workload (16 clients, one connection, against one cairn member) driven by `cairn-bench` and by the `etcd-client` crate, alternating; medians of client CPU per operation.\n\n| Operation | cairn-bench µs/op | etcd-client µs/op |\n|---|---:|---:|");
         for op in ["put", "range"] {
-            let med = |d: &str| median(r.client_cpu.iter().filter(|(n, rep)| n == d && rep.workload.starts_with(op)).map(|(_, rep)| rep.client_cpu_us_per_op).collect());
-            let _ = writeln!(out, "| {op} | {:.1} | {:.1} |", med("cairn-bench"), med("etcd-client"));
+            let med = |d: &str| {
+                median(
+                    r.client_cpu
+                        .iter()
+                        .filter(|(n, rep)| n == d && rep.workload.starts_with(op))
+                        .map(|(_, rep)| rep.client_cpu_us_per_op)
+                        .collect(),
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {op} | {:.1} | {:.1} |",
+                med("cairn-bench"),
+                med("etcd-client")
+            );
         }
     }
     if let Some(a) = analysis {

@@ -97,7 +97,15 @@ pub struct Results {
     pub args: String,
 }
 
-const WORKLOADS: [&str; 7] = ["put", "range-l", "range-s", "txn-put", "txn-mixed", "lease-keepalive", "k8s"];
+const WORKLOADS: [&str; 7] = [
+    "put",
+    "range-l",
+    "range-s",
+    "txn-put",
+    "txn-mixed",
+    "lease-keepalive",
+    "k8s",
+];
 /// Keys the key-value workloads spread over.
 const KEY_SPACE: u64 = 100_000;
 const VAL_SIZE: usize = 256;
@@ -109,23 +117,40 @@ fn cases(args: &CompareArgs) -> Vec<Case> {
     let wanted = |w: &str| args.only.is_empty() || args.only.iter().any(|o| o == w);
     for w in WORKLOADS.iter().filter(|w| wanted(w)) {
         for &c in &args.client_counts {
-            out.push(Case { workload: w.to_string(), clients: c });
+            out.push(Case {
+                workload: w.to_string(),
+                clients: c,
+            });
         }
         if *w == "txn-put" && !args.client_counts.contains(&64) {
-            out.push(Case { workload: w.to_string(), clients: 64 });
+            out.push(Case {
+                workload: w.to_string(),
+                clients: 64,
+            });
         }
     }
     if wanted("watch") {
-        out.push(Case { workload: "watch".into(), clients: WATCHERS });
+        out.push(Case {
+            workload: "watch".into(),
+            clients: WATCHERS,
+        });
     }
     if wanted("watch-latency") {
-        out.push(Case { workload: "watch-latency".into(), clients: 100 });
+        out.push(Case {
+            workload: "watch-latency".into(),
+            clients: 100,
+        });
     }
     out
 }
 
 fn keys() -> kv::Keys {
-    kv::Keys { key_size: 8, val_size: VAL_SIZE, key_space: KEY_SPACE, sequential: false }
+    kv::Keys {
+        key_size: 8,
+        val_size: VAL_SIZE,
+        key_space: KEY_SPACE,
+        sequential: false,
+    }
 }
 
 /// Connections for a client count: one per 16 clients, as etcd's docs pair them.
@@ -174,14 +199,26 @@ pub async fn run_case(case: &Case, cluster: &Cluster, run_secs: f64) -> anyhow::
             plan.conns = 1;
             plan.duration = None;
             plan.total = 1000;
-            let spec = watch::WatchSpec { streams: 10, watchers_per_stream: 100, keys: 1, val_size: VAL_SIZE, prev_kv: false };
+            let spec = watch::WatchSpec {
+                streams: 10,
+                watchers_per_stream: 100,
+                keys: 1,
+                val_size: VAL_SIZE,
+                prev_kv: false,
+            };
             watch::watch(&plan, &spec).await
         }
         "watch-latency" => {
             plan.clients = 4;
             plan.conns = 1;
             plan.rate = 500.0;
-            let spec = watch::WatchSpec { streams: 10, watchers_per_stream: 10, keys: 1, val_size: VAL_SIZE, prev_kv: true };
+            let spec = watch::WatchSpec {
+                streams: 10,
+                watchers_per_stream: 10,
+                keys: 1,
+                val_size: VAL_SIZE,
+                prev_kv: true,
+            };
             watch::watch_latency(&plan, &spec).await
         }
         other => anyhow::bail!("unknown workload {other}"),
@@ -239,13 +276,23 @@ async fn compact_all(cluster: &Cluster) -> anyhow::Result<()> {
     use etcd_proto::etcdserverpb::{CompactionRequest, RangeRequest};
     let mut kv = KvClient::new(crate::driver::connect(&cluster.endpoints[0]).await?);
     let rev = kv
-        .range(RangeRequest { key: b"0".to_vec(), limit: 1, ..Default::default() })
+        .range(RangeRequest {
+            key: b"0".to_vec(),
+            limit: 1,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .header
         .map(|h| h.revision)
         .unwrap_or(0);
-    match kv.compact(CompactionRequest { revision: rev, physical: true }).await {
+    match kv
+        .compact(CompactionRequest {
+            revision: rev,
+            physical: true,
+        })
+        .await
+    {
         // Nothing was written since the last compaction.
         Err(s) if s.code() == tonic::Code::OutOfRange => Ok(()),
         other => other.map(|_| ()).map_err(Into::into),
@@ -255,7 +302,9 @@ async fn compact_all(cluster: &Cluster) -> anyhow::Result<()> {
 fn data_root(args: &CompareArgs) -> anyhow::Result<tempfile::TempDir> {
     let base = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base)?;
-    Ok(tempfile::Builder::new().prefix("cairn-bench-").tempdir_in(base)?)
+    Ok(tempfile::Builder::new()
+        .prefix("cairn-bench-")
+        .tempdir_in(base)?)
 }
 
 fn log(msg: &str) {
@@ -273,7 +322,10 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<()> {
         args: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         ..Default::default()
     };
-    log(&format!("fdatasync p50 {:.3} ms, p99 {:.3} ms", results.fdatasync_ms.0, results.fdatasync_ms.1));
+    log(&format!(
+        "fdatasync p50 {:.3} ms, p99 {:.3} ms",
+        results.fdatasync_ms.0, results.fdatasync_ms.1
+    ));
     let cases = cases(args);
     for &members in &args.members {
         let etcd = Cluster::start(Kind::Etcd, &args.etcd_bin, members, root.path()).await?;
@@ -283,7 +335,11 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<()> {
         for case in &cases {
             for round in 0..args.rounds {
                 // A B, then B A: neither server always runs right after the other's load.
-                let order = if round % 2 == 0 { [&etcd, &cairn] } else { [&cairn, &etcd] };
+                let order = if round % 2 == 0 {
+                    [&etcd, &cairn]
+                } else {
+                    [&cairn, &etcd]
+                };
                 for server in order {
                     let mut report = run_case(case, server, args.run_secs).await?;
                     settle(&mut report, &server.pids()).await;
@@ -312,7 +368,9 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<()> {
     }
     if args.memory_keys > 0 {
         for kind in [Kind::Etcd, Kind::Cairn] {
-            results.footprints.push(footprint(args, kind, root.path()).await?);
+            results
+                .footprints
+                .push(footprint(args, kind, root.path()).await?);
         }
     }
     results.client_cpu = client_cpu(args, root.path()).await?;
@@ -321,7 +379,11 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<()> {
 
 /// Loads `memory_keys` keys of 256 bytes into a fresh single member and measures it.
 async fn footprint(args: &CompareArgs, kind: Kind, root: &Path) -> anyhow::Result<Footprint> {
-    let bin = if kind == Kind::Etcd { &args.etcd_bin } else { &args.cairn_bin };
+    let bin = if kind == Kind::Etcd {
+        &args.etcd_bin
+    } else {
+        &args.cairn_bin
+    };
     let cluster = Cluster::start(kind, bin, 1, root).await?;
     let plan = Plan {
         endpoints: cluster.endpoints.clone(),
@@ -333,9 +395,19 @@ async fn footprint(args: &CompareArgs, kind: Kind, root: &Path) -> anyhow::Resul
         target_pids: cluster.pids(),
         progress: false,
     };
-    let k = kv::Keys { key_size: 16, val_size: VAL_SIZE, key_space: args.memory_keys, sequential: true };
+    let k = kv::Keys {
+        key_size: 16,
+        val_size: VAL_SIZE,
+        key_space: args.memory_keys,
+        sequential: true,
+    };
     let report = kv::put(&plan, &k).await?;
-    anyhow::ensure!(report.errors == 0, "{} refused {} puts of the load", kind.name(), report.errors);
+    anyhow::ensure!(
+        report.errors == 0,
+        "{} refused {} puts of the load",
+        kind.name(),
+        report.errors
+    );
     // Let background work (flushes, compactions, snapshots) settle before measuring.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let f = Footprint {
@@ -345,7 +417,13 @@ async fn footprint(args: &CompareArgs, kind: Kind, root: &Path) -> anyhow::Resul
         disk_bytes: cluster.disk_bytes(),
         load_ops_per_sec: report.ops_per_sec,
     };
-    log(&format!("{}: {} keys, RSS {} MiB, disk {} MiB", f.server, f.keys, f.rss_bytes >> 20, f.disk_bytes >> 20));
+    log(&format!(
+        "{}: {} keys, RSS {} MiB, disk {} MiB",
+        f.server,
+        f.keys,
+        f.rss_bytes >> 20,
+        f.disk_bytes >> 20
+    ));
     cluster.stop();
     Ok(f)
 }
@@ -373,10 +451,23 @@ async fn client_cpu(args: &CompareArgs, root: &Path) -> anyhow::Result<Vec<(Stri
             let ours = if op == "put" {
                 kv::put(&plan, &k).await?
             } else {
-                kv::range(&plan, &kv::RangeSpec { key: k.key(1), range_end: vec![], serializable: false, limit: 0 }).await?
+                kv::range(
+                    &plan,
+                    &kv::RangeSpec {
+                        key: k.key(1),
+                        range_end: vec![],
+                        serializable: false,
+                        limit: 0,
+                    },
+                )
+                .await?
             };
-            let stock = kv::stock_client(&plan, &k, op, Some(k.key(1)).filter(|_| op == "range")).await?;
-            log(&format!("client CPU {op}: cairn-bench {:.1} µs/op, etcd-client {:.1} µs/op", ours.client_cpu_us_per_op, stock.client_cpu_us_per_op));
+            let stock =
+                kv::stock_client(&plan, &k, op, Some(k.key(1)).filter(|_| op == "range")).await?;
+            log(&format!(
+                "client CPU {op}: cairn-bench {:.1} µs/op, etcd-client {:.1} µs/op",
+                ours.client_cpu_us_per_op, stock.client_cpu_us_per_op
+            ));
             out.push(("cairn-bench".to_string(), ours));
             out.push(("etcd-client".to_string(), stock));
         }
@@ -394,6 +485,11 @@ fn write_outputs(args: &CompareArgs, results: &Results) -> anyhow::Result<()> {
     let analysis = std::fs::read_to_string(args.assets.join("analysis.md")).ok();
     let md = markdown::render(results, &svg, analysis.as_deref());
     std::fs::write(&args.out, md)?;
-    log(&format!("wrote {}, {} and {}", args.out.display(), jsonl.display(), svg.display()));
+    log(&format!(
+        "wrote {}, {} and {}",
+        args.out.display(),
+        jsonl.display(),
+        svg.display()
+    ));
     Ok(())
 }

@@ -39,15 +39,24 @@ pub struct Cluster {
 /// Ports for every member at once (listeners are held until all are chosen, so no two
 /// members get the same one).
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 impl Cluster {
     /// Starts `members` members of `kind` from `bin`, data under `root/<kind>-<n>`, and waits
     /// until every member reports a leader.
-    pub async fn start(kind: Kind, bin: &Path, members: usize, root: &Path) -> anyhow::Result<Cluster> {
+    pub async fn start(
+        kind: Kind,
+        bin: &Path,
+        members: usize,
+        root: &Path,
+    ) -> anyhow::Result<Cluster> {
         let all = free_ports(2 * members)?;
         let ports: Vec<(u16, u16)> = all.chunks(2).map(|p| (p[0], p[1])).collect();
         let initial: Vec<String> = ports
@@ -55,26 +64,44 @@ impl Cluster {
             .enumerate()
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect();
-        let mut cluster = Cluster { kind, endpoints: Vec::new(), data_dirs: Vec::new(), children: Vec::new() };
+        let mut cluster = Cluster {
+            kind,
+            endpoints: Vec::new(),
+            data_dirs: Vec::new(),
+            children: Vec::new(),
+        };
         for (i, (client, peer)) in ports.iter().enumerate() {
             let dir = root.join(format!("{}-{i}", kind.name()));
             let _ = std::fs::remove_dir_all(&dir);
             let log = std::fs::File::create(root.join(format!("{}-{i}.log", kind.name())))?;
             let mut cmd = Command::new(bin);
-            cmd.arg("--name").arg(format!("m{i}"))
-                .arg("--data-dir").arg(&dir)
-                .arg("--listen-client-urls").arg(format!("http://127.0.0.1:{client}"))
-                .arg("--advertise-client-urls").arg(format!("http://127.0.0.1:{client}"))
-                .arg("--listen-peer-urls").arg(format!("http://127.0.0.1:{peer}"))
-                .arg("--initial-advertise-peer-urls").arg(format!("http://127.0.0.1:{peer}"))
-                .arg("--initial-cluster").arg(initial.join(","))
-                .arg("--initial-cluster-token").arg("bench")
-                .arg("--initial-cluster-state").arg("new")
-                .arg("--log-level").arg("warn")
+            cmd.arg("--name")
+                .arg(format!("m{i}"))
+                .arg("--data-dir")
+                .arg(&dir)
+                .arg("--listen-client-urls")
+                .arg(format!("http://127.0.0.1:{client}"))
+                .arg("--advertise-client-urls")
+                .arg(format!("http://127.0.0.1:{client}"))
+                .arg("--listen-peer-urls")
+                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg("--initial-advertise-peer-urls")
+                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg("--initial-cluster")
+                .arg(initial.join(","))
+                .arg("--initial-cluster-token")
+                .arg("bench")
+                .arg("--initial-cluster-state")
+                .arg("new")
+                .arg("--log-level")
+                .arg("warn")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
-            cluster.children.push(cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?);
+            cluster.children.push(
+                cmd.spawn()
+                    .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?,
+            );
             cluster.endpoints.push(format!("127.0.0.1:{client}"));
             cluster.data_dirs.push(dir);
         }
@@ -123,7 +150,10 @@ impl Cluster {
 
     /// Summed resident memory of the members, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        self.pids().iter().filter_map(|p| crate::cpu::rss_bytes(*p)).sum()
+        self.pids()
+            .iter()
+            .filter_map(|p| crate::cpu::rss_bytes(*p))
+            .sum()
     }
 
     /// Bytes the members' data directories occupy on disk (allocated blocks, as `du` counts).
@@ -153,7 +183,9 @@ impl Drop for Cluster {
 /// Allocated bytes of every file under `dir`.
 pub fn dir_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| match e.metadata() {

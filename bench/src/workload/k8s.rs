@@ -38,8 +38,14 @@ const EVENTS_PER_LEASE: u64 = 1000;
 const EVENT_TTL_SECS: i64 = 3600;
 
 /// Operation mix, in parts per 100.
-const MIX: [(&str, u32); 6] =
-    [("update", 45), ("get", 15), ("event", 27), ("create", 5), ("delete", 5), ("list", 3)];
+const MIX: [(&str, u32); 6] = [
+    ("update", 45),
+    ("get", 15),
+    ("event", 27),
+    ("create", 5),
+    ("delete", 5),
+    ("list", 3),
+];
 
 #[derive(Clone, Debug)]
 pub struct K8sSpec {
@@ -58,8 +64,13 @@ fn object_key(n: u64) -> Vec<u8> {
 fn txn(compare: Compare, success: Request, failure: Option<Request>) -> TxnRequest {
     TxnRequest {
         compare: vec![compare],
-        success: vec![RequestOp { request: Some(success) }],
-        failure: failure.into_iter().map(|r| RequestOp { request: Some(r) }).collect(),
+        success: vec![RequestOp {
+            request: Some(success),
+        }],
+        failure: failure
+            .into_iter()
+            .map(|r| RequestOp { request: Some(r) })
+            .collect(),
     }
 }
 
@@ -71,8 +82,19 @@ fn create_txn(key: Vec<u8>, value: Vec<u8>) -> TxnRequest {
         target_union: Some(TargetUnion::CreateRevision(0)),
         ..Default::default()
     };
-    let get = Request::RequestRange(RangeRequest { key: key.clone(), ..Default::default() });
-    txn(cmp, Request::RequestPut(PutRequest { key, value, ..Default::default() }), Some(get))
+    let get = Request::RequestRange(RangeRequest {
+        key: key.clone(),
+        ..Default::default()
+    });
+    txn(
+        cmp,
+        Request::RequestPut(PutRequest {
+            key,
+            value,
+            ..Default::default()
+        }),
+        Some(get),
+    )
 }
 
 fn delete_txn(key: Vec<u8>, rev: i64) -> TxnRequest {
@@ -83,7 +105,10 @@ fn delete_txn(key: Vec<u8>, rev: i64) -> TxnRequest {
         target_union: Some(TargetUnion::ModRevision(rev)),
         ..Default::default()
     };
-    let del = DeleteRangeRequest { key, ..Default::default() };
+    let del = DeleteRangeRequest {
+        key,
+        ..Default::default()
+    };
     txn(cmp, Request::RequestDeleteRange(del), None)
 }
 
@@ -100,7 +125,10 @@ struct World {
 async fn populate(kv: &mut KvClient<Channel>, spec: &K8sSpec, world: &World) -> anyhow::Result<()> {
     let value = vec![b'o'; spec.val_size];
     for n in 0..spec.objects {
-        let resp = kv.txn(create_txn(object_key(n), value.clone())).await?.into_inner();
+        let resp = kv
+            .txn(create_txn(object_key(n), value.clone()))
+            .await?
+            .into_inner();
         let rev = if resp.succeeded {
             resp.header.map(|h| h.revision).unwrap_or(0)
         } else {
@@ -123,9 +151,15 @@ async fn watch_resources(ch: Channel, events: Arc<AtomicU64>) -> anyhow::Result<
             prev_kv: true,
             ..Default::default()
         };
-        tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await?;
+        tx.send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create)),
+        })
+        .await?;
     }
-    let mut inbound = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = WatchClient::new(ch)
+        .watch(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     while let Some(Ok(resp)) = inbound.next().await {
         events.fetch_add(resp.events.len() as u64, Ordering::Relaxed);
     }
@@ -134,7 +168,12 @@ async fn watch_resources(ch: Channel, events: Arc<AtomicU64>) -> anyhow::Result<
 }
 
 async fn current_revision(kv: &mut KvClient<Channel>) -> Option<i64> {
-    let req = RangeRequest { key: b"/registry/".to_vec(), limit: 1, keys_only: true, ..Default::default() };
+    let req = RangeRequest {
+        key: b"/registry/".to_vec(),
+        limit: 1,
+        keys_only: true,
+        ..Default::default()
+    };
     Some(kv.range(req).await.ok()?.into_inner().header?.revision)
 }
 
@@ -144,8 +183,18 @@ async fn compactor(mut kv: KvClient<Channel>, every: Duration, done: Arc<AtomicU
     let mut previous = current_revision(&mut kv).await.unwrap_or(0);
     loop {
         tokio::time::sleep(every).await;
-        let Some(now) = current_revision(&mut kv).await else { continue };
-        if previous > 0 && kv.compact(CompactionRequest { revision: previous, physical: false }).await.is_ok() {
+        let Some(now) = current_revision(&mut kv).await else {
+            continue;
+        };
+        if previous > 0
+            && kv
+                .compact(CompactionRequest {
+                    revision: previous,
+                    physical: false,
+                })
+                .await
+                .is_ok()
+        {
             done.fetch_add(1, Ordering::Relaxed);
         }
         previous = now;
@@ -154,10 +203,15 @@ async fn compactor(mut kv: KvClient<Channel>, every: Duration, done: Arc<AtomicU
 
 pub async fn run(plan: &Plan, spec: &K8sSpec) -> anyhow::Result<Report> {
     anyhow::ensure!(spec.objects > 0, "k8s needs at least one object");
-    anyhow::ensure!(spec.compact_interval >= Duration::from_millis(10), "compaction interval too short");
+    anyhow::ensure!(
+        spec.compact_interval >= Duration::from_millis(10),
+        "compaction interval too short"
+    );
     let channels = plan.connect().await?;
     // Names of objects this run creates are its own, whatever earlier runs left behind.
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     let world = Arc::new(World {
         revs: (0..spec.objects).map(|_| AtomicI64::new(0)).collect(),
         lease: Mutex::new((0, EVENTS_PER_LEASE)),
@@ -187,7 +241,8 @@ pub async fn run(plan: &Plan, spec: &K8sSpec) -> anyhow::Result<Report> {
             });
             let op = op.map(|(name, _)| *name).unwrap_or("update");
             let n = rng.random_range(0..spec.objects.max(1));
-            let (world, spec, created, ch) = (world.clone(), spec.clone(), created.clone(), ch.clone());
+            let (world, spec, created, ch) =
+                (world.clone(), spec.clone(), created.clone(), ch.clone());
             let name = (nonce, c, i);
             async move { one_op(op, n, name, ch, &world, &spec, &created).await }
         }
@@ -195,10 +250,22 @@ pub async fn run(plan: &Plan, spec: &K8sSpec) -> anyhow::Result<Report> {
     .await;
     watcher.abort();
     compact.abort();
-    report.extra.insert("conflicts".into(), world.conflicts.load(Ordering::Relaxed) as f64);
-    report.extra.insert("list_pages".into(), world.pages.load(Ordering::Relaxed) as f64);
-    report.extra.insert("watch_events".into(), watch_events.load(Ordering::Relaxed) as f64);
-    report.extra.insert("compactions".into(), compactions.load(Ordering::Relaxed) as f64);
+    report.extra.insert(
+        "conflicts".into(),
+        world.conflicts.load(Ordering::Relaxed) as f64,
+    );
+    report.extra.insert(
+        "list_pages".into(),
+        world.pages.load(Ordering::Relaxed) as f64,
+    );
+    report.extra.insert(
+        "watch_events".into(),
+        watch_events.load(Ordering::Relaxed) as f64,
+    );
+    report.extra.insert(
+        "compactions".into(),
+        compactions.load(Ordering::Relaxed) as f64,
+    );
     Ok(report)
 }
 
@@ -221,7 +288,10 @@ async fn one_op(
                 let rev = slot.load(Ordering::Relaxed);
                 let resp = kv.txn(update_txn(&key, rev, &value)).await?.into_inner();
                 if resp.succeeded {
-                    slot.fetch_max(resp.header.map(|h| h.revision).unwrap_or(0), Ordering::Relaxed);
+                    slot.fetch_max(
+                        resp.header.map(|h| h.revision).unwrap_or(0),
+                        Ordering::Relaxed,
+                    );
                     return Ok(Some("update"));
                 }
                 world.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +299,11 @@ async fn one_op(
             }
         }
         "get" => {
-            kv.range(RangeRequest { key: object_key(n), ..Default::default() }).await?;
+            kv.range(RangeRequest {
+                key: object_key(n),
+                ..Default::default()
+            })
+            .await?;
             Ok(Some("get"))
         }
         "list" => {
@@ -268,8 +342,18 @@ async fn one_op(
         "create" => create(&mut kv, n, (nonce, client, i), value, world, created).await,
         _ => {
             let lease = event_lease(&mut LeaseClient::new(ch), world).await?;
-            let key = format!("/registry/events/ns-{}/ev-{nonce}-{client}-{i}", n % NAMESPACES).into_bytes();
-            kv.put(PutRequest { key, value, lease, ..Default::default() }).await?;
+            let key = format!(
+                "/registry/events/ns-{}/ev-{nonce}-{client}-{i}",
+                n % NAMESPACES
+            )
+            .into_bytes();
+            kv.put(PutRequest {
+                key,
+                value,
+                lease,
+                ..Default::default()
+            })
+            .await?;
             Ok(Some("event"))
         }
     }
@@ -288,7 +372,10 @@ async fn create(
     let key = format!("/registry/{resource}/ns-{ns}/new-{nonce}-{client}-{i}").into_bytes();
     let resp = kv.txn(create_txn(key.clone(), value)).await?.into_inner();
     if resp.succeeded {
-        created.lock().await.push_back((key, resp.header.map(|h| h.revision).unwrap_or(0)));
+        created
+            .lock()
+            .await
+            .push_back((key, resp.header.map(|h| h.revision).unwrap_or(0)));
     } else {
         world.conflicts.fetch_add(1, Ordering::Relaxed);
     }
@@ -296,10 +383,20 @@ async fn create(
 }
 
 /// The lease Events are written with; a new one every `EVENTS_PER_LEASE` events.
-async fn event_lease(lease: &mut LeaseClient<Channel>, world: &World) -> Result<i64, tonic::Status> {
+async fn event_lease(
+    lease: &mut LeaseClient<Channel>,
+    world: &World,
+) -> Result<i64, tonic::Status> {
     let mut cur = world.lease.lock().await;
     if cur.1 >= EVENTS_PER_LEASE {
-        let id = lease.lease_grant(LeaseGrantRequest { ttl: EVENT_TTL_SECS, id: 0 }).await?.into_inner().id;
+        let id = lease
+            .lease_grant(LeaseGrantRequest {
+                ttl: EVENT_TTL_SECS,
+                id: 0,
+            })
+            .await?
+            .into_inner()
+            .id;
         *cur = (id, 0);
     }
     cur.1 += 1;

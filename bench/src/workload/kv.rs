@@ -11,9 +11,7 @@ use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnio
 use etcd_proto::etcdserverpb::kv_client::KvClient;
 use etcd_proto::etcdserverpb::request_op::Request;
 use etcd_proto::etcdserverpb::response_op::Response;
-use etcd_proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
+use etcd_proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use rand::{Rng, SeedableRng};
 
 use crate::driver::{closed_loop, Meter, Plan};
@@ -46,7 +44,9 @@ impl Keys {
 
     /// A value of `val_size` random printable bytes.
     pub fn value(&self, rng: &mut impl Rng) -> Vec<u8> {
-        (0..self.val_size).map(|_| rng.random_range(b'a'..=b'z')).collect()
+        (0..self.val_size)
+            .map(|_| rng.random_range(b'a'..=b'z'))
+            .collect()
     }
 }
 
@@ -99,7 +99,11 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// `range`: `total` reads of the same key or range.
 pub async fn range(plan: &Plan, spec: &RangeSpec) -> anyhow::Result<Report> {
     let channels = plan.connect().await?;
-    let name = if spec.serializable { "range-s" } else { "range-l" };
+    let name = if spec.serializable {
+        "range-s"
+    } else {
+        "range-l"
+    };
     Ok(closed_loop(name, plan, |c| {
         let kv = KvClient::new(channels[c % channels.len()].clone());
         let req = RangeRequest {
@@ -146,7 +150,10 @@ async fn known_revisions(
         };
         let resp = kv.range(req).await?.into_inner();
         for item in &resp.kvs {
-            if let Some(n) = std::str::from_utf8(&item.key).ok().and_then(|k| k.parse().ok()) {
+            if let Some(n) = std::str::from_utf8(&item.key)
+                .ok()
+                .and_then(|k| k.parse().ok())
+            {
                 out.insert(n, item.mod_revision);
             }
         }
@@ -175,15 +182,19 @@ pub async fn txn_put(plan: &Plan, keys: &Keys) -> anyhow::Result<Report> {
         let keys = keys.clone();
         let mut rng = client_rng(c);
         let value = keys.value(&mut rng);
-        let own: HashMap<u64, i64> =
-            known.iter().filter(|(n, _)| **n % clients == c as u64).map(|(n, r)| (*n, *r)).collect();
+        let own: HashMap<u64, i64> = known
+            .iter()
+            .filter(|(n, _)| **n % clients == c as u64)
+            .map(|(n, r)| (*n, *r))
+            .collect();
         let seen = Arc::new(tokio::sync::Mutex::new(own));
         let conflicts = conflicts.clone();
         move |i| {
             // This client's keys are those congruent to it modulo the client count.
             let own = (keys.key_space / clients).max(1);
             let n = keys.pick(i, &mut rng) % own * clients + c as u64;
-            let (mut kv, keys, value, seen) = (kv.clone(), keys.clone(), value.clone(), seen.clone());
+            let (mut kv, keys, value, seen) =
+                (kv.clone(), keys.clone(), value.clone(), seen.clone());
             let conflicts = conflicts.clone();
             async move {
                 let key = keys.key(n);
@@ -203,7 +214,9 @@ pub async fn txn_put(plan: &Plan, keys: &Keys) -> anyhow::Result<Report> {
         }
     })
     .await;
-    report.extra.insert("conflicts".into(), conflicts.load(Ordering::Relaxed) as f64);
+    report
+        .extra
+        .insert("conflicts".into(), conflicts.load(Ordering::Relaxed) as f64);
     Ok(report)
 }
 
@@ -253,9 +266,17 @@ pub async fn txn_mixed(
             let key = keys.key(keys.pick(i, &mut rng));
             let read = rng.random_bool(read_share);
             let op = if read {
-                Request::RequestRange(RangeRequest { key, serializable, ..Default::default() })
+                Request::RequestRange(RangeRequest {
+                    key,
+                    serializable,
+                    ..Default::default()
+                })
             } else {
-                Request::RequestPut(PutRequest { key, value: value.clone(), ..Default::default() })
+                Request::RequestPut(PutRequest {
+                    key,
+                    value: value.clone(),
+                    ..Default::default()
+                })
             };
             let req = TxnRequest {
                 success: vec![RequestOp { request: Some(op) }],
@@ -280,7 +301,11 @@ pub async fn stock_client(
     let mut clients = Vec::new();
     for i in 0..plan.conns.max(1) {
         let ep = plan.endpoints[i % plan.endpoints.len()].clone();
-        let ep = if ep.contains("://") { ep } else { format!("http://{ep}") };
+        let ep = if ep.contains("://") {
+            ep
+        } else {
+            format!("http://{ep}")
+        };
         clients.push(etcd_client::Client::connect([ep], None).await?);
     }
     let ticket = crate::driver::Ticket::new(plan);
@@ -308,7 +333,9 @@ pub async fn stock_client(
                         kv.get(key, None).await.is_ok()
                     }
                 };
-                let ok = tokio::time::timeout(crate::driver::OP_TIMEOUT, call).await.unwrap_or(false);
+                let ok = tokio::time::timeout(crate::driver::OP_TIMEOUT, call)
+                    .await
+                    .unwrap_or(false);
                 if ok {
                     rec.record(t.elapsed());
                 } else {
@@ -331,7 +358,12 @@ mod tests {
 
     #[test]
     fn keys_are_fixed_width_and_prefix_end_follows_etcd() {
-        let k = Keys { key_size: 8, val_size: 4, key_space: 10, sequential: true };
+        let k = Keys {
+            key_size: 8,
+            val_size: 4,
+            key_space: 10,
+            sequential: true,
+        };
         assert_eq!(k.key(42), b"00000042");
         let mut rng = client_rng(0);
         assert_eq!(k.pick(13, &mut rng), 3);

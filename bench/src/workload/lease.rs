@@ -19,13 +19,26 @@ pub async fn keepalive(plan: &Plan) -> anyhow::Result<Report> {
     let mut streams = Vec::new();
     for c in 0..plan.clients {
         let mut lease = LeaseClient::new(channels[c % channels.len()].clone());
-        let id = lease.lease_grant(LeaseGrantRequest { ttl: TTL_SECS, id: 0 }).await?.into_inner().id;
+        let id = lease
+            .lease_grant(LeaseGrantRequest {
+                ttl: TTL_SECS,
+                id: 0,
+            })
+            .await?
+            .into_inner()
+            .id;
         // One renewal is queued before the stream opens (its headers come with the first
         // reply) and its reply consumed, so the measured renewals start on an open stream.
         let (tx, rx) = mpsc::channel::<LeaseKeepAliveRequest>(1);
         tx.send(LeaseKeepAliveRequest { id }).await?;
-        let mut inbound = lease.lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
-        inbound.next().await.ok_or_else(|| anyhow::anyhow!("keep-alive stream closed"))??;
+        let mut inbound = lease
+            .lease_keep_alive(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        inbound
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("keep-alive stream closed"))??;
         streams.push(Some((id, tx, inbound)));
     }
     let ids: Vec<i64> = streams.iter().flatten().map(|s| s.0).collect();

@@ -69,8 +69,10 @@ async fn start_watchers(
                 prev_kv: spec.prev_kv,
                 ..Default::default()
             };
-            tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
-                .await?;
+            tx.send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            })
+            .await?;
         }
         let mut inbound = client.watch(ReceiverStream::new(rx)).await?.into_inner();
         let mut created = 0;
@@ -87,7 +89,10 @@ async fn start_watchers(
             (received.clone(), last_event_us.clone(), stop.clone());
         handles.push(tokio::spawn(async move {
             let _keep_open = tx;
-            let mut out = StreamResult { events: 0, rec: Recorder::default() };
+            let mut out = StreamResult {
+                events: 0,
+                rec: Recorder::default(),
+            };
             loop {
                 let resp = tokio::select! {
                     msg = inbound.next() => match msg {
@@ -99,7 +104,8 @@ async fn start_watchers(
                 let now = origin.elapsed().as_micros() as u64;
                 for ev in &resp.events {
                     if let Some(sent) = ev.kv.as_ref().and_then(|kv| sent_at(&kv.value)) {
-                        out.rec.record(Duration::from_micros(now.saturating_sub(sent)));
+                        out.rec
+                            .record(Duration::from_micros(now.saturating_sub(sent)));
                     }
                     out.events += 1;
                 }
@@ -128,13 +134,23 @@ fn sent_at(value: &[u8]) -> Option<u64> {
 /// succeeded (giving up once `stall` passes with nothing new), and reports delivered events
 /// over the time from the first put to the last event.
 async fn run(name: &str, plan: &Plan, spec: &WatchSpec, stall: Duration) -> anyhow::Result<Report> {
-    anyhow::ensure!(spec.streams > 0 && spec.watchers_per_stream > 0, "no watchers asked for");
+    anyhow::ensure!(
+        spec.streams > 0 && spec.watchers_per_stream > 0,
+        "no watchers asked for"
+    );
     let origin = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let last_event_us = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let watchers =
-        start_watchers(plan, spec, origin, received.clone(), last_event_us.clone(), stop_rx).await?;
+    let watchers = start_watchers(
+        plan,
+        spec,
+        origin,
+        received.clone(),
+        last_event_us.clone(),
+        stop_rx,
+    )
+    .await?;
     let total_watchers = spec.streams * spec.watchers_per_stream;
     let keys = spec.keys.max(1);
     let put_ok: Arc<Vec<AtomicU64>> = Arc::new((0..keys).map(|_| AtomicU64::new(0)).collect());
@@ -160,7 +176,9 @@ async fn run(name: &str, plan: &Plan, spec: &WatchSpec, stall: Duration) -> anyh
     })
     .await;
     // Watcher w watches key w % keys and gets one event per successful put to it.
-    let want: u64 = (0..total_watchers).map(|w| put_ok[w % keys].load(Ordering::Relaxed)).sum();
+    let want: u64 = (0..total_watchers)
+        .map(|w| put_ok[w % keys].load(Ordering::Relaxed))
+        .sum();
     let (mut seen, mut progress_at) = (0, Instant::now());
     loop {
         let now = received.load(Ordering::Relaxed);
@@ -185,7 +203,9 @@ async fn run(name: &str, plan: &Plan, spec: &WatchSpec, stall: Duration) -> anyh
         last => origin + Duration::from_micros(last),
     };
     let mut report = meter.finish_at(end, name, plan, &rec);
-    report.extra.insert("watchers".into(), total_watchers as f64);
+    report
+        .extra
+        .insert("watchers".into(), total_watchers as f64);
     report.extra.insert("puts".into(), puts.ops as f64);
     report.extra.insert("put_errors".into(), puts.errors as f64);
     report.extra.insert("events_expected".into(), want as f64);

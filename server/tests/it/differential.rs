@@ -205,13 +205,19 @@ impl Gen {
                     } else {
                         request_op::Request::RequestRange(this.range(rev_hint))
                     };
-                    RequestOp { request: Some(request) }
+                    RequestOp {
+                        request: Some(request),
+                    }
                 })
                 .collect()
         };
         let success = reads(self);
         let failure = reads(self);
-        TxnRequest { compare, success, failure }
+        TxnRequest {
+            compare,
+            success,
+            failure,
+        }
     }
 
     fn op(&mut self, rev_hint: i64) -> Op {
@@ -231,19 +237,27 @@ impl Gen {
 
 fn norm_txn(req: &TxnRequest, t: &mut TxnResponse) {
     norm_header(&mut t.header);
-    let ops = if t.succeeded { &req.success } else { &req.failure };
+    let ops = if t.succeeded {
+        &req.success
+    } else {
+        &req.failure
+    };
     for (op, r) in ops.iter().zip(&mut t.responses) {
         match (&op.request, &mut r.response) {
-            (Some(request_op::Request::RequestRange(q)), Some(response_op::Response::ResponseRange(x))) => {
+            (
+                Some(request_op::Request::RequestRange(q)),
+                Some(response_op::Response::ResponseRange(x)),
+            ) => {
                 norm_header(&mut x.header);
                 norm_ties(q, x);
             }
             (_, Some(response_op::Response::ResponseRange(x))) => norm_header(&mut x.header),
             (_, Some(response_op::Response::ResponsePut(x))) => norm_header(&mut x.header),
             (_, Some(response_op::Response::ResponseDeleteRange(x))) => norm_header(&mut x.header),
-            (Some(request_op::Request::RequestTxn(inner)), Some(response_op::Response::ResponseTxn(x))) => {
-                norm_txn(inner, x)
-            }
+            (
+                Some(request_op::Request::RequestTxn(inner)),
+                Some(response_op::Response::ResponseTxn(x)),
+            ) => norm_txn(inner, x),
             (_, Some(response_op::Response::ResponseTxn(x))) => norm_txn(&TxnRequest::default(), x),
             (_, None) => {}
         }
@@ -271,7 +285,11 @@ fn norm_ties(req: &RangeRequest, resp: &mut RangeResponse) {
     if resp.more {
         for kv in &mut resp.kvs {
             let (n, v) = value(kv);
-            *kv = etcd_proto::mvccpb::KeyValue { version: n, value: v, ..Default::default() };
+            *kv = etcd_proto::mvccpb::KeyValue {
+                version: n,
+                value: v,
+                ..Default::default()
+            };
         }
     } else {
         // Stable: runs of equal sort values stay where they are, ordered by key inside.

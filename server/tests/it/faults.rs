@@ -23,23 +23,42 @@ async fn agreed_leader(endpoints: &[String], not: u64) -> u64 {
         for ep in endpoints {
             let ask = async {
                 let mut c = Client::connect(ep).await;
-                c.maintenance.status(StatusRequest {}).await.ok().map(|s| s.into_inner().leader)
+                c.maintenance
+                    .status(StatusRequest {})
+                    .await
+                    .ok()
+                    .map(|s| s.into_inner().leader)
             };
-            seen.push(tokio::time::timeout(Duration::from_secs(1), ask).await.ok().flatten());
+            seen.push(
+                tokio::time::timeout(Duration::from_secs(1), ask)
+                    .await
+                    .ok()
+                    .flatten(),
+            );
         }
         if let Some(Some(l)) = seen.first() {
             if *l != 0 && *l != not && seen.iter().all(|s| *s == Some(*l)) {
                 return *l;
             }
         }
-        assert!(Instant::now() < deadline, "no agreed leader other than {not:x}: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader other than {not:x}: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn member_id(endpoint: &str) -> u64 {
     let mut c = Client::connect(endpoint).await;
-    c.maintenance.status(StatusRequest {}).await.unwrap().into_inner().header.unwrap().member_id
+    c.maintenance
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .member_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,8 +70,14 @@ async fn pausing_the_leader_and_then_a_follower_under_load_loses_no_acknowledged
     let leader = cluster.leader().await;
     let leader_id = member_id(&cluster.members[leader].endpoint()).await;
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let other_eps: Vec<String> = others.iter().map(|&i| cluster.members[i].endpoint()).collect();
-    let other_ids = [member_id(&other_eps[0]).await, member_id(&other_eps[1]).await];
+    let other_eps: Vec<String> = others
+        .iter()
+        .map(|&i| cluster.members[i].endpoint())
+        .collect();
+    let other_ids = [
+        member_id(&other_eps[0]).await,
+        member_id(&other_eps[1]).await,
+    ];
 
     // The paused leader still believes it leads; the other two elect a new one and go on.
     cluster.signal(leader, "STOP");
@@ -60,14 +85,21 @@ async fn pausing_the_leader_and_then_a_follower_under_load_loses_no_acknowledged
     let new_leader = agreed_leader(&other_eps, leader_id).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let during = acked.lock().unwrap().len();
-    assert!(during > before + 20, "writes went on without the paused leader: {before} -> {during}");
+    assert!(
+        during > before + 20,
+        "writes went on without the paused leader: {before} -> {during}"
+    );
     cluster.signal(leader, "CONT");
     // The old leader learns the new term and follows; everyone names the same leader.
     let all: Vec<String> = cluster.endpoints();
     assert_eq!(agreed_leader(&all, leader_id).await, new_leader);
 
     // Now a follower is paused and resumed: the cluster keeps going and it catches up.
-    let follower = if other_ids[0] == new_leader { others[1] } else { others[0] };
+    let follower = if other_ids[0] == new_leader {
+        others[1]
+    } else {
+        others[0]
+    };
     cluster.signal(follower, "STOP");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.signal(follower, "CONT");
@@ -96,7 +128,14 @@ async fn put_keys(endpoint: &str, prefix: &str, n: usize) -> Vec<(String, String
             value: value.clone().into_bytes(),
             ..Default::default()
         };
-        let rev = c.kv.put(req).await.unwrap().into_inner().header.unwrap().revision;
+        let rev =
+            c.kv.put(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .header
+                .unwrap()
+                .revision;
         acked.push((key, value, rev));
     }
     acked
@@ -126,13 +165,23 @@ async fn a_torn_last_wal_record_is_dropped_and_nothing_acknowledged_is_lost() {
     torn.extend_from_slice(&0xdead_beefu32.to_le_bytes());
     torn.extend_from_slice(&u64::MAX.to_le_bytes());
     torn.extend_from_slice(&[0x5a; 700]);
-    let mut f = std::fs::OpenOptions::new().append(true).open(&segment).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
     std::io::Write::write_all(&mut f, &torn).unwrap();
     drop(f);
     s.restart();
-    assert!(s.log().contains("torn write"), "the truncation is logged: {}", s.log());
+    assert!(
+        s.log().contains("torn write"),
+        "the truncation is logged: {}",
+        s.log()
+    );
     let bytes = std::fs::read(&segment).unwrap();
-    assert!(!bytes.windows(700).any(|w| w == [0x5a; 700]), "the torn tail is cut off");
+    assert!(
+        !bytes.windows(700).any(|w| w == [0x5a; 700]),
+        "the torn tail is cut off"
+    );
     check_acked(&s.endpoint(), &acked).await;
     // The log goes on after the cut.
     let more = put_keys(&s.endpoint(), "after", 20).await;
@@ -161,7 +210,9 @@ impl SmallDisk {
             "mounting a small tmpfs needs root: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        SmallDisk { dir: dir.to_path_buf() }
+        SmallDisk {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn grow(&self, mib: u64) {
@@ -192,22 +243,41 @@ async fn a_full_disk_stops_writes_with_a_clear_error_and_recovers_when_space_ret
     let mut refused = None;
     for i in 0..2000 {
         let key = format!("full/{i:05}");
-        let req = PutRequest { key: key.clone().into_bytes(), value: value.clone(), ..Default::default() };
+        let req = PutRequest {
+            key: key.clone().into_bytes(),
+            value: value.clone(),
+            ..Default::default()
+        };
         match tokio::time::timeout(Duration::from_secs(10), c.kv.put(req)).await {
-            Ok(Ok(r)) => acked.push((key, String::from_utf8(value.clone()).unwrap(), r.into_inner().header.unwrap().revision)),
+            Ok(Ok(r)) => acked.push((
+                key,
+                String::from_utf8(value.clone()).unwrap(),
+                r.into_inner().header.unwrap().revision,
+            )),
             Ok(Err(status)) => {
                 refused = Some(status);
                 break;
             }
-            Err(_) => panic!("a put on a full disk hung instead of failing; log: {}", s.log()),
+            Err(_) => panic!(
+                "a put on a full disk hung instead of failing; log: {}",
+                s.log()
+            ),
         }
     }
     let status = refused.expect("24 MiB cannot hold 2000 values of 64 KiB");
-    assert!(acked.len() > 10, "writes were accepted before the disk filled: {}", acked.len());
+    assert!(
+        acked.len() > 10,
+        "writes were accepted before the disk filled: {}",
+        acked.len()
+    );
     // The member stops: the client sees an error and the log names the cause.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !s.exited() {
-        assert!(Instant::now() < deadline, "the member went on after a failed log write: {}", s.log());
+        assert!(
+            Instant::now() < deadline,
+            "the member went on after a failed log write: {}",
+            s.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
