@@ -12,6 +12,7 @@
 //! - [`state_machine`]: openraft's state machine over `store`, applied index in the same batch.
 //! - [`snapshot`]: snapshots as checkpoint archives: build, send, install (crash-safe).
 //! - [`network`]: the peer transport over gRPC, client and server halves.
+//! - [`transport`]: the network underneath: host TCP, or one the embedder supplies (simulation).
 
 pub mod log_store;
 pub mod meta;
@@ -19,6 +20,7 @@ pub mod network;
 pub mod proposal;
 pub mod snapshot;
 pub mod state_machine;
+pub mod transport;
 pub mod types;
 pub mod wal;
 

@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::proposal::{decode_payload, encode_payload};
+use crate::transport::Transport;
 use crate::types::{log_id, Entry, LogId, Member, NodeId, Raft, TypeConfig, Vote};
 
 /// Largest peer message (a batch of entries or a snapshot chunk) either side accepts.
@@ -98,6 +99,7 @@ pub const REMOVED: &str = "cairn: the member has been permanently removed from t
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     pub removed: Arc<Notify>,
+    pub transport: Transport,
 }
 
 /// The connection to one peer.
@@ -108,14 +110,15 @@ pub struct Network {
 }
 
 /// A lazily connecting channel to a peer URL.
-pub fn peer_channel(url: &str) -> Result<Channel, String> {
+pub fn peer_channel(url: &str, transport: &Transport) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| format!("{url}: {e}"))?;
-    Ok(endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+    Ok(transport.channel(
+        endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5)),
+    ))
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -126,7 +129,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             .peer_urls
             .first()
             .ok_or_else(|| format!("member {target:x} has no peer URL"))
-            .and_then(|url| peer_channel(url))
+            .and_then(|url| peer_channel(url, &self.transport))
             .map(|ch| {
                 RaftClient::new(ch)
                     .max_decoding_message_size(PEER_MESSAGE_MAX)

@@ -10,15 +10,12 @@ use etcd_proto::cairnraftpb::peer_client::PeerClient;
 use etcd_proto::cairnraftpb::{
     member_change_request::Kind, MemberAttrs, MemberChangeRequest, MembersRequest,
 };
-use futures::StreamExt;
 use openraft::SnapshotPolicy;
 use raftlog::network::{NetworkFactory, RaftService};
 use raftlog::state_machine::snapshot_dir;
 use raftlog::{ApplyObserver, LogStore, Member, Raft, StateMachine};
 use store::Writer;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::Config;
 use crate::lessor::Lessor;
@@ -106,7 +103,7 @@ async fn identity_from_cluster(config: &Config) -> Result<Identity, String> {
     for _attempt in 0..JOIN_ATTEMPTS {
         for url in &others {
             let asked = async {
-                let channel = raftlog::network::peer_channel(url)?;
+                let channel = raftlog::network::peer_channel(url, &config.transport)?;
                 let resp = PeerClient::new(channel)
                     .members(MembersRequest {})
                     .await
@@ -171,9 +168,18 @@ pub async fn start_raft(
     }
     .validate()
     .map_err(|e| raft_err("raft configuration")(e.to_string()))?;
-    let raft = Raft::new(id, Arc::new(rc), NetworkFactory { removed }, log, sm)
-        .await
-        .map_err(|e| raft_err("starting raft")(e.to_string()))?;
+    let raft = Raft::new(
+        id,
+        Arc::new(rc),
+        NetworkFactory {
+            removed,
+            transport: config.transport.clone(),
+        },
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| raft_err("starting raft")(e.to_string()))?;
     let initialized = raft
         .is_initialized()
         .await
@@ -215,21 +221,19 @@ pub async fn serve_peers(
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let mut incoming = Vec::new();
     for addr in &config.listen_peer {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Io {
-                context: format!("listening for peers on {addr}"),
-                source,
-            })?;
-        tracing::info!(address = %addr, "serving peer traffic");
-        incoming.push(TcpListenerStream::new(listener));
+        let (bound, conns) =
+            config
+                .transport
+                .listen(*addr)
+                .await
+                .map_err(|source| ServerError::Io {
+                    context: format!("listening for peers on {addr}"),
+                    source,
+                })?;
+        tracing::info!(address = %bound, "serving peer traffic");
+        incoming.push(conns);
     }
-    let incoming = futures::stream::select_all(incoming).map(|conn| {
-        if let Ok(c) = &conn {
-            let _ = c.set_nodelay(true);
-        }
-        conn
-    });
+    let incoming = futures::stream::select_all(incoming);
     let raft = applier.raft().clone();
     let peer = etcd_proto::cairnraftpb::peer_server::PeerServer::new(PeerService::new(
         applier,

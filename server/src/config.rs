@@ -161,6 +161,12 @@ pub struct Config {
     pub progress_notify_interval: Duration,
     pub reported_etcd_version: String,
     pub block_cache_bytes: usize,
+    /// The network: the host's TCP unless an embedder (the chaos simulation) supplies one.
+    pub transport: raftlog::transport::Transport,
+    /// A deliberate bug, for proving the chaos checkers catch one: linearizable reads are served
+    /// from this member's state without the read barrier. No flag sets it; only the chaos
+    /// suite's known-bug test does.
+    pub fault_local_linearizable_reads: bool,
 }
 
 /// A configuration error, worded as etcd words its flag errors.
@@ -233,6 +239,8 @@ impl Flags {
             })?,
             reported_etcd_version: self.reported_etcd_version.clone(),
             block_cache_bytes: self.block_cache_bytes,
+            transport: Default::default(),
+            fault_local_linearizable_reads: false,
         })
     }
 

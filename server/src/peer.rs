@@ -14,6 +14,7 @@ use etcd_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use raftlog::network::{peer_channel, PEER_MESSAGE_MAX};
+use raftlog::transport::Transport;
 use raftlog::{ProposalBatch, Raft};
 
 use tokio::time::Instant;
@@ -40,6 +41,7 @@ fn not_leader() -> Status {
 pub struct PeerClients {
     raft: Raft,
     channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
+    transport: Transport,
     /// Every request to a peer ends by then (its outcome is unknown if it timed out).
     timeout: Duration,
 }
@@ -51,11 +53,12 @@ fn timed<T>(msg: T, timeout: Duration) -> Request<T> {
 }
 
 impl PeerClients {
-    pub fn new(raft: Raft, timeout: Duration) -> PeerClients {
+    pub fn new(raft: Raft, timeout: Duration, transport: Transport) -> PeerClients {
         PeerClients {
             raft,
             channels: Arc::default(),
             timeout,
+            transport,
         }
     }
 
@@ -75,7 +78,7 @@ impl PeerClients {
             (Some(url), Some((known, c))) if *known == url => c.clone(),
             (None, Some((_, c))) => c.clone(),
             (Some(url), _) => {
-                let c = peer_channel(&url).map_err(Status::internal)?;
+                let c = peer_channel(&url, &self.transport).map_err(Status::internal)?;
                 channels.insert(member, (url, c.clone()));
                 c
             }

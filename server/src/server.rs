@@ -15,11 +15,8 @@ use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
 use etcd_proto::etcdserverpb::AlarmType;
-use futures::StreamExt;
 use store::{BackendOptions, Store};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::applier::{Applier, Waiters};
 use crate::auth::AuthService;
@@ -126,6 +123,7 @@ pub async fn run(
         PeerClients::new(
             raft.clone(),
             crate::applier::request_timeout(config.election_timeout),
+            config.transport.clone(),
         ),
         nospace,
         config.election_timeout,
@@ -215,18 +213,15 @@ pub async fn run(
 
     let mut incoming = Vec::new();
     for addr in &config.listen_client {
-        let listener = TcpListener::bind(addr)
+        let (bound, conns) = config
+            .transport
+            .listen(*addr)
             .await
             .map_err(io_err(format!("listening on {addr}")))?;
-        tracing::info!(address = %listener.local_addr().map_err(io_err("reading the bound address"))?, "serving client traffic (gRPC and HTTP)");
-        incoming.push(TcpListenerStream::new(listener));
+        tracing::info!(address = %bound, "serving client traffic (gRPC and HTTP)");
+        incoming.push(conns);
     }
-    let incoming = futures::stream::select_all(incoming).map(|conn| {
-        if let Ok(c) = &conn {
-            let _ = c.set_nodelay(true);
-        }
-        conn
-    });
+    let incoming = futures::stream::select_all(incoming);
     drop(node);
 
     let signal = async move {

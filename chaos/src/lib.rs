@@ -1,0 +1,23 @@
+//! Deterministic simulation of whole cairn clusters. The real server — Raft log, state machine,
+//! RocksDB, gRPC services — runs in turmoil hosts; only the network (turmoil's simulated TCP,
+//! through `raftlog::transport`) and the clock (tokio's paused clock, which turmoil drives) are
+//! swapped. A seed fixes the fault schedule, the clients' operations and the network's
+//! randomness; every history is checked.
+//!
+//! - [`net`]: turmoil's TCP as a cairn transport, and client channels over it.
+//! - [`cluster`]: a simulated member's configuration (the binary's own flags).
+//! - [`history`]: recorded operations on one logical clock.
+//! - [`workload`]: the simulated clients (register workload, leader monitor, final check).
+//! - [`faults`]: which faults a seed schedules, and doing and undoing them.
+//! - [`run`]: one run of a scenario, and its outcome.
+//! - [`linearizability`]: the Wing–Gong/Porcupine checker over a register model, per key.
+
+pub mod cluster;
+pub mod faults;
+pub mod history;
+pub mod linearizability;
+pub mod net;
+pub mod run;
+pub mod workload;
+
+pub use run::{run, Outcome, Scenario};

@@ -1,0 +1,160 @@
+//! `chaos`: runs simulated cairn clusters under faults and checks every history.
+//!
+//! - `soak --seeds N [--first S] [--jobs J]`: N seeds' short scenarios; prints one line per
+//!   seed (the full report and the replay command for a failure) and `N passed, M failed`.
+//! - `replay --seed S [...]`: one scenario, with the server's logs (`--log-level`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use chaos::{run, Scenario};
+
+#[derive(Parser)]
+#[command(
+    name = "chaos",
+    about = "Simulated cairn clusters under faults, every history checked"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs many seeds.
+    Soak {
+        /// How many seeds.
+        #[arg(long, default_value_t = 200)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        /// Simulations run at once (each on its own thread).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        #[command(flatten)]
+        shape: Shape,
+    },
+    /// Runs one seed again, with the server's logs.
+    Replay {
+        #[arg(long)]
+        seed: u64,
+        #[command(flatten)]
+        shape: Shape,
+        /// Log level of the simulated members (error, warn, info, debug).
+        #[arg(long, default_value = "warn")]
+        log_level: String,
+    },
+}
+
+/// Overrides of the short scenario's shape; unset ones follow the seed.
+#[derive(Args, Clone)]
+struct Shape {
+    #[arg(long)]
+    members: Option<usize>,
+    #[arg(long)]
+    clients: Option<usize>,
+    #[arg(long)]
+    keys: Option<usize>,
+    #[arg(long)]
+    load_secs: Option<u64>,
+    #[arg(long)]
+    faults: Option<usize>,
+    /// Turns on the server's deliberate bug (linearizable reads served locally).
+    #[arg(long)]
+    bug_local_reads: bool,
+}
+
+impl Shape {
+    fn scenario(&self, seed: u64) -> Scenario {
+        let mut s = Scenario::short(seed);
+        s.members = self.members.unwrap_or(s.members);
+        s.clients = self.clients.unwrap_or(s.clients);
+        s.keys = self.keys.unwrap_or(s.keys);
+        s.load = self.load_secs.map_or(s.load, Duration::from_secs);
+        s.faults = self.faults.unwrap_or(s.faults);
+        s.bug_local_reads = self.bug_local_reads;
+        s
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Soak {
+            seeds,
+            first,
+            jobs,
+            shape,
+        } => {
+            logging("off");
+            let started = Instant::now();
+            let next = AtomicU64::new(first);
+            let tally = Mutex::new((0u64, 0u64, Vec::new()));
+            std::thread::scope(|scope| {
+                for _ in 0..jobs.max(1) {
+                    scope.spawn(|| loop {
+                        let seed = next.fetch_add(1, Ordering::Relaxed);
+                        if seed >= first + seeds {
+                            return;
+                        }
+                        let outcome = run(&shape.scenario(seed));
+                        print!("{outcome}");
+                        let mut t = tally.lock().expect("tally");
+                        if outcome.passed() {
+                            t.0 += 1;
+                        } else {
+                            t.1 += 1;
+                            t.2.push(seed);
+                        }
+                    });
+                }
+            });
+            let (passed, failed, mut failing) = tally.into_inner().expect("tally");
+            failing.sort();
+            println!(
+                "{passed} passed, {failed} failed ({:.0?}){}",
+                started.elapsed(),
+                if failing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; failing seeds: {failing:?}")
+                }
+            );
+            if failed > 0 {
+                std::process::exit(1);
+            }
+        }
+        Command::Replay {
+            seed,
+            shape,
+            log_level,
+        } => {
+            logging(&log_level);
+            let outcome = run(&shape.scenario(seed));
+            print!("{outcome}");
+            if !outcome.passed() {
+                std::process::exit(1);
+            }
+            for fault in &outcome.faults {
+                println!("  fault: {fault}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(match level {
+            "off" | "error" => level.to_string(),
+            _ => format!("{level},h2=warn,hyper=warn,tower=warn,openraft=error,turmoil=warn"),
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,230 @@
+//! One simulated run: a cluster of real cairn members (real Raft log and RocksDB in a temporary
+//! directory per member) on turmoil's network and clock, register clients, the faults the seed
+//! schedules, then the checks — linearizability of the history and HashKV agreement.
+
+use std::fmt;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::faults::{self, Fault, Target};
+use crate::linearizability::{self, Report};
+use crate::workload::{self, Shared};
+
+/// Simulated time per step: every host runs this long between network deliveries.
+const TICK: Duration = Duration::from_millis(5);
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub seed: u64,
+    pub members: usize,
+    pub clients: usize,
+    pub keys: usize,
+    /// How long the clients run (faults happen meanwhile).
+    pub load: Duration,
+    pub faults: usize,
+    /// Turns on the server's deliberate bug: linearizable reads served locally.
+    pub bug_local_reads: bool,
+}
+
+impl Scenario {
+    /// The short scenario CI runs per seed: 3 or 5 members, chosen by the seed.
+    pub fn short(seed: u64) -> Scenario {
+        Scenario {
+            seed,
+            members: if seed % 4 == 3 { 5 } else { 3 },
+            clients: 4,
+            keys: 3,
+            load: Duration::from_secs(6),
+            faults: 2,
+            bug_local_reads: false,
+        }
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let mut cmd = format!(
+            "cargo run -p chaos -- replay --seed {} --members {} --clients {} --keys {} --load-secs {} --faults {}",
+            self.seed,
+            self.members,
+            self.clients,
+            self.keys,
+            self.load.as_secs(),
+            self.faults
+        );
+        if self.bug_local_reads {
+            cmd.push_str(" --bug-local-reads");
+        }
+        cmd
+    }
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub faults: Vec<Fault>,
+    pub linearizability: Report,
+    /// Each member's HashKV at the final revision, or why there is none.
+    pub hashes: Vec<(String, Result<u32, String>)>,
+    /// The simulation itself failed (a member's software returned an error or panicked).
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.error.is_none()
+            && self.linearizability.violations.is_empty()
+            && self.linearizability.inconclusive.is_empty()
+            && self.replicas_agree()
+    }
+
+    /// Every member answered HashKV at the final revision, all with the same hash.
+    pub fn replicas_agree(&self) -> bool {
+        let mut hashes = self.hashes.iter().map(|(_, h)| h.as_ref().ok());
+        match hashes.next() {
+            Some(Some(first)) => hashes.all(|h| h == Some(first)),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.passed() { "passed" } else { "FAILED" };
+        writeln!(
+            f,
+            "seed {}: {verdict} — {} members, {} faults, {} operations on {} keys checked",
+            self.scenario.seed,
+            self.scenario.members,
+            self.faults.len(),
+            self.linearizability.ops,
+            self.linearizability.keys
+        )?;
+        if self.passed() {
+            return Ok(());
+        }
+        for fault in &self.faults {
+            writeln!(f, "  fault: {fault}")?;
+        }
+        if let Some(e) = &self.error {
+            writeln!(f, "  simulation error: {e}")?;
+        }
+        for v in &self.linearizability.violations {
+            write!(f, "  {v}")?;
+        }
+        for k in &self.linearizability.inconclusive {
+            writeln!(
+                f,
+                "  key {k:?}: the search ran out of budget (inconclusive)"
+            )?;
+        }
+        if !self.replicas_agree() {
+            writeln!(f, "  replicas disagree: {:?}", self.hashes)?;
+        }
+        writeln!(f, "  replay: {}", self.scenario.replay_command())
+    }
+}
+
+/// Runs one scenario to the end and checks it.
+pub fn run(scenario: &Scenario) -> Outcome {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let members: Vec<String> = (1..=scenario.members).map(|i| format!("m{i}")).collect();
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(scenario.seed)
+        .simulation_duration(Duration::from_secs(300))
+        .tick_duration(TICK)
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(faults::NORMAL_LATENCY)
+        .repair_rate(0.05)
+        .build();
+    for name in &members {
+        let config = crate::cluster::member_config(name, &members, dir.path(), scenario)
+            .expect("a valid member configuration");
+        sim.host(name.as_str(), move || {
+            let config = config.clone();
+            async move {
+                server::run(config, std::future::pending())
+                    .await
+                    .map_err(|e| e.into())
+            }
+        });
+    }
+    let shared = Rc::new(Shared::default());
+    let warmup = Duration::from_secs(2);
+    let healed = warmup + scenario.load;
+    let mut hosts = members.clone();
+    for id in 0..scenario.clients {
+        let name = format!("c{id}");
+        sim.client(
+            name.as_str(),
+            workload::register_client(
+                id,
+                scenario.seed,
+                members.clone(),
+                scenario.keys,
+                (warmup, healed),
+                shared.clone(),
+            ),
+        );
+        hosts.push(name);
+    }
+    sim.client(
+        "monitor",
+        workload::monitor(members.clone(), shared.clone()),
+    );
+    sim.client(
+        "checker",
+        workload::final_check(members.clone(), healed, shared.clone()),
+    );
+    hosts.extend(["monitor".to_string(), "checker".to_string()]);
+
+    let mut rng = SmallRng::seed_from_u64(scenario.seed.wrapping_add(1));
+    let mut plan = faults::plan(
+        &mut rng,
+        scenario.faults,
+        warmup,
+        healed - Duration::from_millis(500),
+    );
+    let mut next = 0;
+    let mut active: Option<usize> = None;
+    let error = loop {
+        let now = sim.elapsed();
+        let mut target = Target {
+            sim: &mut sim,
+            members: &members,
+            hosts: &hosts,
+        };
+        if let Some(i) = active {
+            if now >= plan[i].end {
+                target.end(&plan[i]);
+                active = None;
+            }
+        }
+        if active.is_none() && next < plan.len() && now >= plan[next].start {
+            let leader = shared.leader.borrow().clone();
+            target.start(&mut plan[next], &mut rng, leader);
+            active = Some(next);
+            next += 1;
+        }
+        match sim.step() {
+            Ok(true) => break None,
+            Ok(false) => {}
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    plan.truncate(next);
+    drop(sim);
+    let history = std::mem::take(&mut shared.history.borrow_mut().ops);
+    Outcome {
+        scenario: scenario.clone(),
+        faults: plan,
+        linearizability: linearizability::check(&history),
+        hashes: shared.hashes.take(),
+        error,
+    }
+}

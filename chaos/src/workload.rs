@@ -1,0 +1,296 @@
+//! The simulated clients, each a turmoil client host speaking etcd's gRPC API through tonic:
+//! register clients (linearizable get, put and compare-and-set by txn on a few keys, recorded in
+//! the history), a monitor that follows who leads, and the final checker that waits for the
+//! members to converge and compares their HashKV at one revision.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use etcd_proto::etcdserverpb::kv_client::KvClient;
+use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use etcd_proto::etcdserverpb::request_op::Request;
+use etcd_proto::etcdserverpb::{
+    Compare, HashKvRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+
+use crate::history::{History, Input, Op, Output, NEVER};
+use crate::net::client_channel;
+
+/// How long a client waits for an answer before it counts the operation as unknown.
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long after healing the members have to converge before the run fails.
+const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
+
+/// What the simulated hosts share with the driver (all on one thread).
+#[derive(Default)]
+pub struct Shared {
+    pub history: RefCell<History>,
+    /// The leader's host name, as the members last reported it.
+    pub leader: RefCell<Option<String>>,
+    /// Each member's HashKV at the final revision, or why there is none.
+    pub hashes: RefCell<Vec<(String, Result<u32, String>)>>,
+    pub final_revision: Cell<i64>,
+    /// Set when the final check is over: the monitor stops.
+    pub done: Cell<bool>,
+}
+
+/// Simulated time since the run began.
+pub fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+async fn sleep_until(at: Duration) {
+    let now = now();
+    if at > now {
+        tokio::time::sleep(at - now).await;
+    }
+}
+
+/// A register client: random operations on `keys` keys through random members, from `start`
+/// until `until`, each recorded with its outcome.
+pub async fn register_client(
+    id: usize,
+    seed: u64,
+    members: Vec<String>,
+    keys: usize,
+    (start, until): (Duration, Duration),
+    shared: std::rc::Rc<Shared>,
+) -> turmoil::Result {
+    let mut rng = SmallRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut channels: HashMap<String, Channel> = HashMap::new();
+    // The last value this client saw per key: what its compare-and-sets expect.
+    let mut seen: HashMap<String, String> = HashMap::new();
+    sleep_until(start).await;
+    let mut n = 0;
+    while now() < until {
+        n += 1;
+        let member = members[rng.random_range(0..members.len())].clone();
+        let key = format!("k{}", rng.random_range(0..keys));
+        let value = format!("c{id}.{n}");
+        let input = match rng.random_range(0..10) {
+            0..=3 => Input::Get,
+            4..=7 => Input::Put(value),
+            _ => Input::Cas {
+                from: seen.get(&key).cloned().unwrap_or_default(),
+                to: value,
+            },
+        };
+        let channel = channels
+            .entry(member.clone())
+            .or_insert_with(|| client_channel(&member))
+            .clone();
+        let call = shared.history.borrow_mut().tick();
+        let answer = tokio::time::timeout(OP_TIMEOUT, execute(channel, &key, &input)).await;
+        let ret = shared.history.borrow_mut().tick();
+        let (ret, output) = match answer {
+            Ok(Ok(output)) => (ret, output),
+            failed => {
+                if !matches!(failed, Ok(Err(ref s)) if s.code() != tonic::Code::Unavailable) {
+                    // A timeout or a broken connection: dial again next time.
+                    channels.remove(&member);
+                }
+                if input == Input::Get {
+                    // A failed read changed nothing.
+                    continue;
+                }
+                (NEVER, Output::Unknown)
+            }
+        };
+        match (&input, &output) {
+            (_, Output::Get(Some(v))) => {
+                seen.insert(key.clone(), v.clone());
+            }
+            (Input::Put(v), Output::Put) | (Input::Cas { to: v, .. }, Output::Cas(true)) => {
+                seen.insert(key.clone(), v.clone());
+            }
+            _ => {}
+        }
+        shared.history.borrow_mut().ops.push(Op {
+            client: id,
+            member,
+            key,
+            call,
+            ret,
+            input,
+            output,
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1..20))).await;
+    }
+    Ok(())
+}
+
+async fn execute(channel: Channel, key: &str, input: &Input) -> Result<Output, tonic::Status> {
+    let mut kv = KvClient::new(channel);
+    let key = key.as_bytes().to_vec();
+    match input {
+        Input::Get => {
+            let resp = kv
+                .range(RangeRequest {
+                    key,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let value = resp
+                .kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            Ok(Output::Get(value))
+        }
+        Input::Put(v) => {
+            kv.put(PutRequest {
+                key,
+                value: v.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await?;
+            Ok(Output::Put)
+        }
+        Input::Cas { from, to } => {
+            let resp = kv
+                .txn(TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Value as i32,
+                        key: key.clone(),
+                        target_union: Some(TargetUnion::Value(from.as_bytes().to_vec())),
+                        ..Default::default()
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(Request::RequestPut(PutRequest {
+                            key,
+                            value: to.as_bytes().to_vec(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![],
+                })
+                .await?
+                .into_inner();
+            Ok(Output::Cas(resp.succeeded))
+        }
+    }
+}
+
+/// Follows leadership: asks every member's Status (a local answer) every 100 ms and records
+/// the leader a member names, until the run is done.
+pub async fn monitor(members: Vec<String>, shared: std::rc::Rc<Shared>) -> turmoil::Result {
+    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut channels: HashMap<String, Channel> = HashMap::new();
+    while !shared.done.get() {
+        for m in &members {
+            let ch = channels
+                .entry(m.clone())
+                .or_insert_with(|| client_channel(m))
+                .clone();
+            let status = tokio::time::timeout(
+                Duration::from_millis(200),
+                MaintenanceClient::new(ch).status(StatusRequest {}),
+            )
+            .await;
+            let Ok(Ok(status)) = status else {
+                channels.remove(m);
+                continue;
+            };
+            let status = status.into_inner();
+            if let Some(h) = &status.header {
+                names.insert(h.member_id, m.clone());
+            }
+            if let Some(leader) = names.get(&status.leader) {
+                *shared.leader.borrow_mut() = Some(leader.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// After `healed`: writes a sentinel through any member, waits until every member has applied
+/// it, and records every member's HashKV at its revision.
+pub async fn final_check(
+    members: Vec<String>,
+    healed: Duration,
+    shared: std::rc::Rc<Shared>,
+) -> turmoil::Result {
+    sleep_until(healed + Duration::from_millis(500)).await;
+    let deadline = healed + CONVERGE_WITHIN;
+    let mut revision = None;
+    'write: while now() < deadline {
+        for m in &members {
+            let mut kv = KvClient::new(client_channel(m));
+            let put = kv.put(PutRequest {
+                key: b"sentinel".to_vec(),
+                value: b"end".to_vec(),
+                ..Default::default()
+            });
+            if let Ok(Ok(resp)) = tokio::time::timeout(OP_TIMEOUT, put).await {
+                revision = resp.into_inner().header.map(|h| h.revision);
+                break 'write;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut hashes = Vec::new();
+    match revision {
+        None => hashes.push((
+            "cluster".to_string(),
+            Err(format!(
+                "no member accepted a write within {CONVERGE_WITHIN:?} of healing"
+            )),
+        )),
+        Some(rev) => {
+            shared.final_revision.set(rev);
+            for m in &members {
+                hashes.push((m.clone(), hash_at(m, rev, deadline).await));
+            }
+        }
+    }
+    *shared.hashes.borrow_mut() = hashes;
+    shared.done.set(true);
+    Ok(())
+}
+
+/// `member`'s HashKV at `rev`, once it has applied `rev`.
+async fn hash_at(member: &str, rev: i64, deadline: Duration) -> Result<u32, String> {
+    let mut last = String::from("never answered");
+    while now() < deadline {
+        let ch = client_channel(member);
+        let mut kv = KvClient::new(ch.clone());
+        let applied = kv.range(RangeRequest {
+            key: b"sentinel".to_vec(),
+            serializable: true,
+            ..Default::default()
+        });
+        match tokio::time::timeout(OP_TIMEOUT, applied).await {
+            Ok(Ok(r))
+                if r.get_ref()
+                    .header
+                    .as_ref()
+                    .is_some_and(|h| h.revision >= rev) =>
+            {
+                let mut maintenance = MaintenanceClient::new(ch);
+                let hash = maintenance.hash_kv(HashKvRequest { revision: rev });
+                match tokio::time::timeout(OP_TIMEOUT, hash).await {
+                    Ok(Ok(h)) => return Ok(h.into_inner().hash),
+                    Ok(Err(s)) => last = s.message().to_string(),
+                    Err(_) => last = "HashKV timed out".into(),
+                }
+            }
+            Ok(Ok(r)) => {
+                last = format!(
+                    "at revision {} of {rev}",
+                    r.get_ref().header.as_ref().map_or(0, |h| h.revision)
+                )
+            }
+            Ok(Err(s)) => last = s.message().to_string(),
+            Err(_) => last = "read timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("did not reach revision {rev}: {last}"))
+}
