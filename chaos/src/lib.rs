@@ -10,14 +10,24 @@
 //! - [`workload`]: the simulated clients (register workload, leader monitor, final check).
 //! - [`faults`]: which faults a seed schedules, and doing and undoing them.
 //! - [`run`]: one run of a scenario, and its outcome.
+//! - [`watcher`]: simulated watchers (resuming across members), and the final event history.
 //! - [`linearizability`]: the Wing–Gong/Porcupine checker over a register model, per key.
+//! - [`watch_check`]: etcd's watch guarantees, checked against the event history.
+//! - [`appender`], [`append`]: list-append transactions, and the Elle-style check of their
+//!   dependency graph.
+//! - [`lease`]: lease clients (grant, attach, revoke or expire, read back) and lease safety.
 
+pub mod append;
+pub mod appender;
 pub mod cluster;
 pub mod faults;
 pub mod history;
+pub mod lease;
 pub mod linearizability;
 pub mod net;
 pub mod run;
+pub mod watch_check;
+pub mod watcher;
 pub mod workload;
 
 pub use run::{run, Outcome, Scenario};

@@ -11,6 +11,7 @@ use rand::SeedableRng;
 
 use crate::faults::{self, Fault, Target};
 use crate::linearizability::{self, Report};
+use crate::watch_check::{self, WatchReport};
 use crate::workload::{self, Shared};
 
 /// Simulated time per step: every host runs this long between network deliveries.
@@ -23,6 +24,9 @@ pub struct Scenario {
     pub members: usize,
     pub clients: usize,
     pub keys: usize,
+    pub watchers: usize,
+    pub lease_clients: usize,
+    pub appenders: usize,
     /// How long the clients run (faults happen meanwhile).
     pub load: Duration,
     pub faults: usize,
@@ -38,6 +42,9 @@ impl Scenario {
             members: if seed % 4 == 3 { 5 } else { 3 },
             clients: 4,
             keys: 3,
+            watchers: 2,
+            lease_clients: 1,
+            appenders: 2,
             load: Duration::from_secs(6),
             faults: 2,
             bug_local_reads: false,
@@ -68,6 +75,16 @@ pub struct Outcome {
     pub scenario: Scenario,
     pub faults: Vec<Fault>,
     pub linearizability: Report,
+    /// Watch guarantees, the event history's soundness, acknowledged writes in it.
+    pub watch: WatchReport,
+    /// List-append anomalies.
+    pub append: Vec<String>,
+    /// List-append transactions recorded.
+    pub txns: usize,
+    /// Lease safety violations.
+    pub lease: Vec<String>,
+    /// Leases seen revoked or expired, and reads of their keys afterwards.
+    pub leases_checked: (usize, usize),
     /// Each member's HashKV at the final revision, or why there is none.
     pub hashes: Vec<(String, Result<u32, String>)>,
     /// The simulation itself failed (a member's software returned an error or panicked).
@@ -80,6 +97,9 @@ impl Outcome {
         self.error.is_none()
             && self.linearizability.violations.is_empty()
             && self.linearizability.inconclusive.is_empty()
+            && self.watch.problems.is_empty()
+            && self.lease.is_empty()
+            && self.append.is_empty()
             && self.replicas_agree()
     }
 
@@ -98,12 +118,17 @@ impl fmt::Display for Outcome {
         let verdict = if self.passed() { "passed" } else { "FAILED" };
         writeln!(
             f,
-            "seed {}: {verdict} — {} members, {} faults, {} operations on {} keys checked",
+            "seed {}: {verdict} — {} members, {} faults, {} operations on {} keys, {} watch \
+             events in {} streams, {} transactions, {} leases ended checked",
             self.scenario.seed,
             self.scenario.members,
             self.faults.len(),
             self.linearizability.ops,
-            self.linearizability.keys
+            self.linearizability.keys,
+            self.watch.events,
+            self.watch.streams,
+            self.txns,
+            self.leases_checked.0
         )?;
         if self.passed() {
             return Ok(());
@@ -122,6 +147,15 @@ impl fmt::Display for Outcome {
                 f,
                 "  key {k:?}: the search ran out of budget (inconclusive)"
             )?;
+        }
+        for p in &self.append {
+            writeln!(f, "  list-append: {p}")?;
+        }
+        for p in &self.lease {
+            writeln!(f, "  lease: {p}")?;
+        }
+        for p in &self.watch.problems {
+            writeln!(f, "  watch: {p}")?;
         }
         if !self.replicas_agree() {
             writeln!(f, "  replicas disagree: {:?}", self.hashes)?;
@@ -155,6 +189,9 @@ pub fn run(scenario: &Scenario) -> Outcome {
         });
     }
     let shared = Rc::new(Shared::default());
+    shared
+        .active
+        .set(scenario.clients + scenario.watchers + scenario.lease_clients + scenario.appenders);
     let warmup = Duration::from_secs(2);
     let healed = warmup + scenario.load;
     let mut hosts = members.clone();
@@ -167,6 +204,48 @@ pub fn run(scenario: &Scenario) -> Outcome {
                 scenario.seed,
                 members.clone(),
                 scenario.keys,
+                (warmup, healed),
+                shared.clone(),
+            ),
+        );
+        hosts.push(name);
+    }
+    for id in 0..scenario.watchers {
+        let name = format!("w{id}");
+        sim.client(
+            name.as_str(),
+            crate::watcher::watcher(
+                id,
+                scenario.seed,
+                members.clone(),
+                (warmup, healed),
+                shared.clone(),
+            ),
+        );
+        hosts.push(name);
+    }
+    for id in 0..scenario.appenders {
+        let name = format!("a{id}");
+        sim.client(
+            name.as_str(),
+            crate::appender::appender(
+                id,
+                scenario.seed,
+                members.clone(),
+                (warmup, healed),
+                shared.clone(),
+            ),
+        );
+        hosts.push(name);
+    }
+    for id in 0..scenario.lease_clients {
+        let name = format!("l{id}");
+        sim.client(
+            name.as_str(),
+            crate::lease::client(
+                id,
+                scenario.seed,
+                members.clone(),
                 (warmup, healed),
                 shared.clone(),
             ),
@@ -220,11 +299,59 @@ pub fn run(scenario: &Scenario) -> Outcome {
     plan.truncate(next);
     drop(sim);
     let history = std::mem::take(&mut shared.history.borrow_mut().ops);
+    let events = shared.events.take();
+    let watch = check_watch(&shared, events.as_ref(), &history, error.is_some());
+    let leases = shared.leases.take();
+    let txns = shared.txns.take();
+    let (lease, append) = match &events {
+        Some(Ok(events)) => (
+            crate::lease::check(&leases, events),
+            crate::append::check(&txns, events, crate::appender::PREFIX),
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
     Outcome {
         scenario: scenario.clone(),
         faults: plan,
         linearizability: linearizability::check(&history),
+        watch,
+        lease,
+        append,
+        txns: txns.len(),
+        leases_checked: (leases.gone.len(), leases.reads.len()),
         hashes: shared.hashes.take(),
         error,
     }
+}
+
+/// The event history's soundness, acknowledged writes in it, and every watcher against it.
+fn check_watch(
+    shared: &Shared,
+    events: Option<&Result<Vec<watch_check::Ev>, String>>,
+    ops: &[crate::history::Op],
+    failed: bool,
+) -> WatchReport {
+    let history = match events {
+        Some(Ok(h)) => h,
+        // A failed simulation is reported as such; there is nothing more to check.
+        _ if failed => return WatchReport::default(),
+        Some(Err(e)) => {
+            return WatchReport {
+                problems: vec![e.clone()],
+                ..WatchReport::default()
+            }
+        }
+        None => {
+            return WatchReport {
+                problems: vec!["the event history was not read".into()],
+                ..WatchReport::default()
+            }
+        }
+    };
+    let mut report = watch_check::check_watchers(history, &shared.watch_logs.borrow());
+    let mut problems = watch_check::check_history(history, &shared.written.borrow());
+    problems.extend(watch_check::check_acknowledged(history, ops));
+    problems.append(&mut report.problems);
+    report.problems = problems;
+    report
 }

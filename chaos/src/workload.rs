@@ -4,7 +4,7 @@
 //! members to converge and compares their HashKV at one revision.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -35,8 +35,28 @@ pub struct Shared {
     /// Each member's HashKV at the final revision, or why there is none.
     pub hashes: RefCell<Vec<(String, Result<u32, String>)>>,
     pub final_revision: Cell<i64>,
+    /// Workload clients still running: the final check starts when none is, so that no
+    /// acknowledged write comes after the final revision.
+    pub active: Cell<usize>,
     /// Set when the final check is over: the monitor stops.
     pub done: Cell<bool>,
+    /// Every value any client sent in a write.
+    pub written: RefCell<HashSet<String>>,
+    /// The list-append transactions.
+    pub txns: RefCell<Vec<crate::append::Txn>>,
+    /// What the lease clients saw.
+    pub leases: RefCell<crate::lease::LeaseLog>,
+    /// What the watchers received.
+    pub watch_logs: RefCell<Vec<crate::watch_check::WatchLog>>,
+    /// Every event up to the final revision, read at the end (or why it could not be).
+    pub events: RefCell<Option<Result<Vec<crate::watch_check::Ev>, String>>>,
+}
+
+impl Shared {
+    /// A workload client is done.
+    pub fn finished(&self) {
+        self.active.set(self.active.get() - 1);
+    }
 }
 
 /// Simulated time since the run began.
@@ -44,7 +64,7 @@ pub fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
-async fn sleep_until(at: Duration) {
+pub(crate) async fn sleep_until(at: Duration) {
     let now = now();
     if at > now {
         tokio::time::sleep(at - now).await;
@@ -80,6 +100,9 @@ pub async fn register_client(
                 to: value,
             },
         };
+        if let Input::Put(v) | Input::Cas { to: v, .. } = &input {
+            shared.written.borrow_mut().insert(v.clone());
+        }
         let channel = channels
             .entry(member.clone())
             .or_insert_with(|| client_channel(&member))
@@ -121,6 +144,7 @@ pub async fn register_client(
         });
         tokio::time::sleep(Duration::from_millis(rng.random_range(1..20))).await;
     }
+    shared.finished();
     Ok(())
 }
 
@@ -217,7 +241,11 @@ pub async fn final_check(
     healed: Duration,
     shared: std::rc::Rc<Shared>,
 ) -> turmoil::Result {
-    sleep_until(healed + Duration::from_millis(500)).await;
+    sleep_until(healed).await;
+    while shared.active.get() > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shared.written.borrow_mut().insert("end".into());
     let deadline = healed + CONVERGE_WITHIN;
     let mut revision = None;
     'write: while now() < deadline {
@@ -248,6 +276,15 @@ pub async fn final_check(
             for m in &members {
                 hashes.push((m.clone(), hash_at(m, rev, deadline).await));
             }
+            let agreed = hashes
+                .iter()
+                .find(|(_, h)| h.is_ok())
+                .map(|(m, _)| m.clone());
+            let events = match agreed {
+                Some(m) => crate::watcher::history(&m, rev).await,
+                None => Err("no member answered HashKV".to_string()),
+            };
+            *shared.events.borrow_mut() = Some(events);
         }
     }
     *shared.hashes.borrow_mut() = hashes;

@@ -1,0 +1,192 @@
+//! Simulated watchers. Each watches the whole keyspace with `prev_kv` from revision 1, through
+//! a random member, for a random while; then (or when its stream breaks) it resumes from the
+//! revision after the last event it got, through another member. It asks for progress every
+//! 300 ms. Everything it receives is recorded, per stream, for `watch_check`. Also the final
+//! reading of the whole event history, which the watchers are checked against.
+
+use std::time::Duration;
+
+use etcd_proto::etcdserverpb::watch_client::WatchClient;
+use etcd_proto::etcdserverpb::watch_request::RequestUnion;
+use etcd_proto::etcdserverpb::{WatchCreateRequest, WatchProgressRequest, WatchRequest};
+use etcd_proto::mvccpb;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+
+use crate::net::client_channel;
+use crate::watch_check::{Ev, Resp, Segment, WatchLog};
+use crate::workload::{now, sleep_until, Shared};
+
+const PROGRESS_EVERY: Duration = Duration::from_millis(300);
+
+fn create(start_revision: i64) -> WatchRequest {
+    WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: vec![0],
+            range_end: vec![0],
+            start_revision,
+            prev_kv: true,
+            ..Default::default()
+        })),
+    }
+}
+
+fn progress() -> WatchRequest {
+    WatchRequest {
+        request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// An event as the checker compares it.
+pub fn event(e: &mvccpb::Event) -> Ev {
+    let kv = e.kv.clone().unwrap_or_default();
+    Ev {
+        delete: e.r#type == mvccpb::event::EventType::Delete as i32,
+        key: text(&kv.key),
+        value: text(&kv.value),
+        mod_rev: kv.mod_revision,
+        create_rev: kv.create_revision,
+        version: kv.version,
+        lease: kv.lease,
+        prev: e.prev_kv.as_ref().map(|p| (text(&p.value), p.mod_revision)),
+    }
+}
+
+/// A watch stream through `member` from `start`, kept open until `end` (simulated time) or
+/// until an event at revision `stop_at` or later arrives.
+async fn segment(member: &str, start: i64, end: Duration, stop_at: i64) -> Segment {
+    let mut seg = Segment {
+        member: member.to_string(),
+        start,
+        responses: Vec::new(),
+        end: String::new(),
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let _ = tx.send(create(start)).await;
+    let mut client = WatchClient::new(client_channel(member));
+    let opened =
+        tokio::time::timeout(Duration::from_secs(1), client.watch(tokio_stream_of(rx))).await;
+    let mut stream = match opened {
+        Ok(Ok(s)) => s.into_inner(),
+        Ok(Err(s)) => {
+            seg.end = format!("not opened: {}", s.message());
+            return seg;
+        }
+        Err(_) => {
+            seg.end = "not opened: timed out".into();
+            return seg;
+        }
+    };
+    let mut ask_at = now() + PROGRESS_EVERY;
+    loop {
+        let t = now();
+        if t >= end {
+            seg.end = "moved on".into();
+            return seg;
+        }
+        let wait = end
+            .min(ask_at)
+            .saturating_sub(t)
+            .max(Duration::from_millis(1));
+        match tokio::time::timeout(wait, stream.message()).await {
+            Err(_) => {
+                if now() >= ask_at {
+                    let _ = tx.try_send(progress());
+                    ask_at = now() + PROGRESS_EVERY;
+                }
+            }
+            Ok(Ok(Some(resp))) if resp.created => {}
+            Ok(Ok(Some(resp))) if resp.canceled => {
+                seg.end = format!("canceled: {}", resp.cancel_reason);
+                return seg;
+            }
+            Ok(Ok(Some(resp))) => {
+                let done = resp
+                    .events
+                    .last()
+                    .and_then(|e| e.kv.as_ref())
+                    .is_some_and(|kv| kv.mod_revision >= stop_at);
+                seg.responses.push(Resp {
+                    revision: resp.header.map_or(0, |h| h.revision),
+                    events: resp.events.iter().map(event).collect(),
+                });
+                if done {
+                    seg.end = "reached the last revision".into();
+                    return seg;
+                }
+            }
+            Ok(Ok(None)) => {
+                seg.end = "stream ended".into();
+                return seg;
+            }
+            Ok(Err(s)) => {
+                seg.end = format!("stream failed: {}", s.message());
+                return seg;
+            }
+        }
+    }
+}
+
+fn tokio_stream_of(
+    mut rx: mpsc::Receiver<WatchRequest>,
+) -> impl futures::Stream<Item = WatchRequest> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A watcher from `start` until `until`.
+pub async fn watcher(
+    id: usize,
+    seed: u64,
+    members: Vec<String>,
+    (start, until): (Duration, Duration),
+    shared: std::rc::Rc<Shared>,
+) -> turmoil::Result {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5741_5443_4845_5200 ^ id as u64);
+    let mut log = WatchLog {
+        watcher: id,
+        segments: Vec::new(),
+    };
+    let mut next = 1;
+    sleep_until(start).await;
+    while now() < until {
+        let member = &members[rng.random_range(0..members.len())];
+        let end = (now() + Duration::from_millis(rng.random_range(500..2500))).min(until);
+        let seg = segment(member, next, end, i64::MAX).await;
+        if let Some(last) = seg.responses.iter().flat_map(|r| &r.events).last() {
+            next = last.mod_rev + 1;
+        }
+        let opened = !seg.end.starts_with("not opened");
+        log.segments.push(seg);
+        if !opened {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    shared.watch_logs.borrow_mut().push(log);
+    shared.finished();
+    Ok(())
+}
+
+/// Every event from revision 1 to `upto`, read by a watch through `member`.
+pub async fn history(member: &str, upto: i64) -> Result<Vec<Ev>, String> {
+    let deadline = now() + Duration::from_secs(20);
+    let seg = segment(member, 1, deadline, upto).await;
+    let end = seg.end;
+    let mut events = Vec::new();
+    for e in seg.responses.into_iter().flat_map(|r| r.events) {
+        if e.mod_rev > upto {
+            break;
+        }
+        events.push(e);
+    }
+    match events.last() {
+        Some(e) if e.mod_rev == upto => Ok(events),
+        _ => Err(format!(
+            "the history read through {member} stops before revision {upto} ({end})"
+        )),
+    }
+}
