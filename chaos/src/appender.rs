@@ -62,7 +62,6 @@ async fn read_all(
 pub async fn appender(
     id: usize,
     seed: u64,
-    members: Vec<String>,
     (start, until): (Duration, Duration),
     shared: std::rc::Rc<Shared>,
 ) -> turmoil::Result {
@@ -70,7 +69,7 @@ pub async fn appender(
     sleep_until(start).await;
     let mut n = 0u64;
     while now() < until {
-        let member = &members[rng.random_range(0..members.len())];
+        let member = &shared.pick(&mut rng);
         let count = rng.random_range(1..=3);
         let keys: Vec<String> = sample(&mut rng, KEYS, count)
             .into_iter()

@@ -13,10 +13,12 @@ use crate::run::Scenario;
 const HEARTBEAT_MS: u64 = 50;
 const ELECTION_MS: u64 = 500;
 
-/// The configuration of member `name` of a new cluster of `members`, its data under `root`.
+/// The configuration of member `name` of a cluster of `members` (itself included), its data
+/// under `root`: bootstrapping a new cluster, or joining an `existing` one after MemberAdd.
 pub fn member_config(
     name: &str,
     members: &[String],
+    existing: bool,
     root: &Path,
     scenario: &Scenario,
 ) -> anyhow::Result<server::Config> {
@@ -34,7 +36,10 @@ pub fn member_config(
         "--listen-peer-urls=http://0.0.0.0:2380".into(),
         format!("--initial-advertise-peer-urls=http://{name}:2380"),
         format!("--initial-cluster={}", initial.join(",")),
-        "--initial-cluster-state=new".into(),
+        format!(
+            "--initial-cluster-state={}",
+            if existing { "existing" } else { "new" }
+        ),
         format!("--heartbeat-interval={HEARTBEAT_MS}"),
         format!("--election-timeout={ELECTION_MS}"),
         // Small, so that snapshots are taken, and sent to members that fell behind.

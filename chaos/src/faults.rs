@@ -27,9 +27,12 @@ pub enum Kind {
     /// The leader stops answering anyone while it still believes it leads; then it resumes
     /// and everything it was sent arrives at once.
     PauseLeader,
+    /// A new member is added (and started), then another one removed, while messages are
+    /// delayed.
+    ReplaceMember,
 }
 
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 8] = [
     Kind::PartitionMinority,
     Kind::IsolateLeader,
     Kind::Bridge,
@@ -37,6 +40,7 @@ const KINDS: [Kind; 7] = [
     Kind::Delay,
     Kind::Crash,
     Kind::PauseLeader,
+    Kind::ReplaceMember,
 ];
 
 /// One scheduled fault.
@@ -101,11 +105,21 @@ pub struct Target<'s, 'a> {
     pub members: &'s [String],
     /// Every host, members and clients.
     pub hosts: &'s [String],
+    /// Where membership changes are queued for the admin client.
+    pub changes: &'s std::cell::RefCell<std::collections::VecDeque<crate::admin::Change>>,
+    /// The name the next new member gets.
+    pub spare: String,
 }
 
 impl Target<'_, '_> {
-    /// Starts `fault`, choosing its targets (`leader` if known, for leader faults).
-    pub fn start(&mut self, fault: &mut Fault, rng: &mut SmallRng, leader: Option<String>) {
+    /// Starts `fault`, choosing its targets (`leader` if known, for leader faults). Returns the
+    /// name of a member to start, if the fault adds one.
+    pub fn start(
+        &mut self,
+        fault: &mut Fault,
+        rng: &mut SmallRng,
+        leader: Option<String>,
+    ) -> Option<String> {
         let pick =
             |rng: &mut SmallRng| self.members[rng.random_range(0..self.members.len())].clone();
         let leader = leader.unwrap_or_else(|| pick(rng));
@@ -151,7 +165,18 @@ impl Target<'_, '_> {
                 }
                 fault.targets = vec![leader];
             }
+            Kind::ReplaceMember => {
+                let victim = pick(rng);
+                let added = self.spare.clone();
+                self.sim.set_max_message_latency(Duration::from_millis(50));
+                let mut changes = self.changes.borrow_mut();
+                changes.push_back(crate::admin::Change::Add(added.clone()));
+                changes.push_back(crate::admin::Change::Remove(victim.clone()));
+                fault.targets = vec![added.clone(), victim];
+                return Some(added);
+            }
         }
+        None
     }
 
     /// Undoes `fault`.
@@ -166,7 +191,7 @@ impl Target<'_, '_> {
                     }
                 }
             }
-            Kind::Delay => self.sim.set_max_message_latency(NORMAL_LATENCY),
+            Kind::Delay | Kind::ReplaceMember => self.sim.set_max_message_latency(NORMAL_LATENCY),
             Kind::Crash => self.sim.bounce(fault.targets[0].as_str()),
             Kind::PauseLeader => {
                 let paused = &fault.targets[0];

@@ -56,7 +56,6 @@ pub struct LeaseLog {
 pub async fn client(
     id: usize,
     seed: u64,
-    members: Vec<String>,
     (start, until): (Duration, Duration),
     shared: std::rc::Rc<Shared>,
 ) -> turmoil::Result {
@@ -65,7 +64,7 @@ pub async fn client(
     let mut n = 0;
     while now() < until {
         n += 1;
-        let mut pick = || members[rng.random_range(0..members.len())].clone();
+        let mut pick = || shared.pick(&mut rng);
         let (m1, m2, m3) = (pick(), pick(), pick());
         let ttl = rng.random_range(1..=3);
         let Some(lease) = grant(&m1, ttl).await else {
@@ -101,7 +100,7 @@ pub async fn client(
             at,
             revision,
         });
-        let reader = members[rng.random_range(0..members.len())].clone();
+        let reader = shared.pick(&mut rng);
         let call = shared.history.borrow_mut().tick();
         let mut kv = KvClient::new(client_channel(&reader));
         let read = kv.range(RangeRequest {

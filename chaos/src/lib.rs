@@ -15,8 +15,10 @@
 //! - [`watch_check`]: etcd's watch guarantees, checked against the event history.
 //! - [`appender`], [`append`]: list-append transactions, and the Elle-style check of their
 //!   dependency graph.
+//! - [`admin`]: membership changes (add a member, remove another) during faults.
 //! - [`lease`]: lease clients (grant, attach, revoke or expire, read back) and lease safety.
 
+pub mod admin;
 pub mod append;
 pub mod appender;
 pub mod cluster;

@@ -77,6 +77,8 @@ pub struct Outcome {
     pub linearizability: Report,
     /// Watch guarantees, the event history's soundness, acknowledged writes in it.
     pub watch: WatchReport,
+    /// The membership changes made, and how each went.
+    pub changes: Vec<String>,
     /// List-append anomalies.
     pub append: Vec<String>,
     /// List-append transactions recorded.
@@ -136,6 +138,9 @@ impl fmt::Display for Outcome {
         for fault in &self.faults {
             writeln!(f, "  fault: {fault}")?;
         }
+        for change in &self.changes {
+            writeln!(f, "  membership change: {change}")?;
+        }
         if let Some(e) = &self.error {
             writeln!(f, "  simulation error: {e}")?;
         }
@@ -177,18 +182,10 @@ pub fn run(scenario: &Scenario) -> Outcome {
         .repair_rate(0.05)
         .build();
     for name in &members {
-        let config = crate::cluster::member_config(name, &members, dir.path(), scenario)
-            .expect("a valid member configuration");
-        sim.host(name.as_str(), move || {
-            let config = config.clone();
-            async move {
-                server::run(config, std::future::pending())
-                    .await
-                    .map_err(|e| e.into())
-            }
-        });
+        start_member(&mut sim, name, &members, false, dir.path(), scenario);
     }
     let shared = Rc::new(Shared::default());
+    *shared.members.borrow_mut() = members.clone();
     shared
         .active
         .set(scenario.clients + scenario.watchers + scenario.lease_clients + scenario.appenders);
@@ -202,7 +199,6 @@ pub fn run(scenario: &Scenario) -> Outcome {
             workload::register_client(
                 id,
                 scenario.seed,
-                members.clone(),
                 scenario.keys,
                 (warmup, healed),
                 shared.clone(),
@@ -214,13 +210,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
         let name = format!("w{id}");
         sim.client(
             name.as_str(),
-            crate::watcher::watcher(
-                id,
-                scenario.seed,
-                members.clone(),
-                (warmup, healed),
-                shared.clone(),
-            ),
+            crate::watcher::watcher(id, scenario.seed, (warmup, healed), shared.clone()),
         );
         hosts.push(name);
     }
@@ -228,13 +218,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
         let name = format!("a{id}");
         sim.client(
             name.as_str(),
-            crate::appender::appender(
-                id,
-                scenario.seed,
-                members.clone(),
-                (warmup, healed),
-                shared.clone(),
-            ),
+            crate::appender::appender(id, scenario.seed, (warmup, healed), shared.clone()),
         );
         hosts.push(name);
     }
@@ -242,25 +226,14 @@ pub fn run(scenario: &Scenario) -> Outcome {
         let name = format!("l{id}");
         sim.client(
             name.as_str(),
-            crate::lease::client(
-                id,
-                scenario.seed,
-                members.clone(),
-                (warmup, healed),
-                shared.clone(),
-            ),
+            crate::lease::client(id, scenario.seed, (warmup, healed), shared.clone()),
         );
         hosts.push(name);
     }
-    sim.client(
-        "monitor",
-        workload::monitor(members.clone(), shared.clone()),
-    );
-    sim.client(
-        "checker",
-        workload::final_check(members.clone(), healed, shared.clone()),
-    );
-    hosts.extend(["monitor".to_string(), "checker".to_string()]);
+    sim.client("monitor", workload::monitor(shared.clone()));
+    sim.client("checker", workload::final_check(healed, shared.clone()));
+    sim.client("admin", crate::admin::admin(shared.clone()));
+    hosts.extend(["monitor", "checker", "admin"].map(String::from));
 
     let mut rng = SmallRng::seed_from_u64(scenario.seed.wrapping_add(1));
     let mut plan = faults::plan(
@@ -271,12 +244,16 @@ pub fn run(scenario: &Scenario) -> Outcome {
     );
     let mut next = 0;
     let mut active: Option<usize> = None;
+    let mut added = 0;
     let error = loop {
         let now = sim.elapsed();
+        let current = shared.members.borrow().clone();
         let mut target = Target {
             sim: &mut sim,
-            members: &members,
+            members: &current,
             hosts: &hosts,
+            changes: &shared.changes,
+            spare: format!("m{}", scenario.members + added + 1),
         };
         if let Some(i) = active {
             if now >= plan[i].end {
@@ -286,7 +263,13 @@ pub fn run(scenario: &Scenario) -> Outcome {
         }
         if active.is_none() && next < plan.len() && now >= plan[next].start {
             let leader = shared.leader.borrow().clone();
-            target.start(&mut plan[next], &mut rng, leader);
+            if let Some(new) = target.start(&mut plan[next], &mut rng, leader) {
+                let mut cluster = current.clone();
+                cluster.push(new.clone());
+                start_member(&mut sim, &new, &cluster, true, dir.path(), scenario);
+                hosts.push(new);
+                added += 1;
+            }
             active = Some(next);
             next += 1;
         }
@@ -315,6 +298,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
         faults: plan,
         linearizability: linearizability::check(&history),
         watch,
+        changes: shared.change_log.take(),
         lease,
         append,
         txns: txns.len(),
@@ -322,6 +306,27 @@ pub fn run(scenario: &Scenario) -> Outcome {
         hashes: shared.hashes.take(),
         error,
     }
+}
+
+/// Registers member `name` of `cluster` (bootstrapping, or joining an `existing` cluster).
+fn start_member(
+    sim: &mut turmoil::Sim<'_>,
+    name: &str,
+    cluster: &[String],
+    existing: bool,
+    root: &std::path::Path,
+    scenario: &Scenario,
+) {
+    let config = crate::cluster::member_config(name, cluster, existing, root, scenario)
+        .expect("a valid member configuration");
+    sim.host(name, move || {
+        let config = config.clone();
+        async move {
+            server::run(config, std::future::pending())
+                .await
+                .map_err(|e| e.into())
+        }
+    });
 }
 
 /// The event history's soundness, acknowledged writes in it, and every watcher against it.

@@ -142,7 +142,6 @@ fn tokio_stream_of(
 pub async fn watcher(
     id: usize,
     seed: u64,
-    members: Vec<String>,
     (start, until): (Duration, Duration),
     shared: std::rc::Rc<Shared>,
 ) -> turmoil::Result {
@@ -154,7 +153,7 @@ pub async fn watcher(
     let mut next = 1;
     sleep_until(start).await;
     while now() < until {
-        let member = &members[rng.random_range(0..members.len())];
+        let member = &shared.pick(&mut rng);
         let end = (now() + Duration::from_millis(rng.random_range(500..2500))).min(until);
         let seg = segment(member, next, end, i64::MAX).await;
         if let Some(last) = seg.responses.iter().flat_map(|r| &r.events).last() {

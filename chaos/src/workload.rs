@@ -4,7 +4,7 @@
 //! members to converge and compares their HashKV at one revision.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -42,6 +42,11 @@ pub struct Shared {
     pub done: Cell<bool>,
     /// Every value any client sent in a write.
     pub written: RefCell<HashSet<String>>,
+    /// The cluster's members now (membership changes update it).
+    pub members: RefCell<Vec<String>>,
+    /// Membership changes the driver asked for, not yet made; and what became of each.
+    pub changes: RefCell<VecDeque<crate::admin::Change>>,
+    pub change_log: RefCell<Vec<String>>,
     /// The list-append transactions.
     pub txns: RefCell<Vec<crate::append::Txn>>,
     /// What the lease clients saw.
@@ -53,6 +58,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A member to send the next request to: any current one.
+    pub fn pick(&self, rng: &mut SmallRng) -> String {
+        let members = self.members.borrow();
+        members[rng.random_range(0..members.len())].clone()
+    }
+
     /// A workload client is done.
     pub fn finished(&self) {
         self.active.set(self.active.get() - 1);
@@ -76,7 +87,6 @@ pub(crate) async fn sleep_until(at: Duration) {
 pub async fn register_client(
     id: usize,
     seed: u64,
-    members: Vec<String>,
     keys: usize,
     (start, until): (Duration, Duration),
     shared: std::rc::Rc<Shared>,
@@ -89,7 +99,7 @@ pub async fn register_client(
     let mut n = 0;
     while now() < until {
         n += 1;
-        let member = members[rng.random_range(0..members.len())].clone();
+        let member = shared.pick(&mut rng);
         let key = format!("k{}", rng.random_range(0..keys));
         let value = format!("c{id}.{n}");
         let input = match rng.random_range(0..10) {
@@ -203,10 +213,11 @@ async fn execute(channel: Channel, key: &str, input: &Input) -> Result<Output, t
 
 /// Follows leadership: asks every member's Status (a local answer) every 100 ms and records
 /// the leader a member names, until the run is done.
-pub async fn monitor(members: Vec<String>, shared: std::rc::Rc<Shared>) -> turmoil::Result {
+pub async fn monitor(shared: std::rc::Rc<Shared>) -> turmoil::Result {
     let mut names: HashMap<u64, String> = HashMap::new();
     let mut channels: HashMap<String, Channel> = HashMap::new();
     while !shared.done.get() {
+        let members = shared.members.borrow().clone();
         for m in &members {
             let ch = channels
                 .entry(m.clone())
@@ -236,15 +247,12 @@ pub async fn monitor(members: Vec<String>, shared: std::rc::Rc<Shared>) -> turmo
 
 /// After `healed`: writes a sentinel through any member, waits until every member has applied
 /// it, and records every member's HashKV at its revision.
-pub async fn final_check(
-    members: Vec<String>,
-    healed: Duration,
-    shared: std::rc::Rc<Shared>,
-) -> turmoil::Result {
+pub async fn final_check(healed: Duration, shared: std::rc::Rc<Shared>) -> turmoil::Result {
     sleep_until(healed).await;
-    while shared.active.get() > 0 {
+    while shared.active.get() > 0 || !shared.changes.borrow().is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let members = shared.members.borrow().clone();
     shared.written.borrow_mut().insert("end".into());
     let deadline = healed + CONVERGE_WITHIN;
     let mut revision = None;
