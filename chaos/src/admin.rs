@@ -58,14 +58,20 @@ async fn make(change: &Change, shared: &Shared) -> String {
                         peer_ur_ls: vec![peer_url(name)],
                         is_learner: false,
                     });
-                    match tokio::time::timeout(OP_TIMEOUT, add).await {
-                        Ok(Ok(_)) => {
-                            shared.members.borrow_mut().push(name.clone());
-                            Ok(())
-                        }
+                    let added = match tokio::time::timeout(OP_TIMEOUT, add).await {
+                        Ok(Ok(_)) => Ok(()),
                         Ok(Err(s)) => Err(s.message().to_string()),
                         Err(_) => Err("timed out".to_string()),
+                    };
+                    // An earlier attempt that timed out may have taken effect.
+                    let added = match added {
+                        Err(_) if listed(&mut cluster, name).await == Some(true) => Ok(()),
+                        other => other,
+                    };
+                    if added.is_ok() {
+                        shared.members.borrow_mut().push(name.clone());
                     }
+                    added
                 }
                 Change::Remove(name) => remove(&mut cluster, name, shared).await,
             };
@@ -77,6 +83,23 @@ async fn make(change: &Change, shared: &Shared) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     format!("given up ({last})")
+}
+
+/// Whether a member with `name`'s peer URL is in the membership (`None`: could not tell).
+async fn listed(
+    cluster: &mut ClusterClient<tonic::transport::Channel>,
+    name: &str,
+) -> Option<bool> {
+    let list = cluster.member_list(MemberListRequest { linearizable: true });
+    match tokio::time::timeout(OP_TIMEOUT, list).await {
+        Ok(Ok(l)) => Some(
+            l.into_inner()
+                .members
+                .iter()
+                .any(|m| m.peer_ur_ls.contains(&peer_url(name))),
+        ),
+        _ => None,
+    }
 }
 
 async fn remove(

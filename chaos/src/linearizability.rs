@@ -148,9 +148,11 @@ const UNOBSERVED: u32 = u32::MAX;
 ///
 /// Unknown writes of values nobody observed ("spares") can only matter by changing the value
 /// just before a failed compare-and-set that would otherwise have held; they are placed only
-/// then (the one invoked last among those available, since an earlier one stays available to
-/// every later point), and otherwise treated as never having taken effect. Without this, every
-/// timed-out write doubles the search.
+/// then, and otherwise treated as never having taken effect. Without this, every timed-out
+/// write doubles the search. Which spare: a compare-and-set from the current value if one is
+/// available (it can serve only where the value is its `from`, while a put serves anywhere),
+/// else a put; among equals, the one invoked last (an earlier one stays available to every
+/// later point).
 pub fn check_key(mut ops: Vec<Op>) -> Verdict {
     ops.sort_by_key(|o| o.call);
     let mut observed: HashSet<&str> = HashSet::new();
@@ -268,7 +270,7 @@ pub fn check_key(mut ops: Vec<Op>) -> Verdict {
                             && ops[j].call < min_ret
                             && changes_value(j)
                     })
-                    .max_by_key(|&j| ops[j].call);
+                    .max_by_key(|&j| (matches!(steps[j], Step::Cas { .. }), ops[j].call));
                 match pick {
                     Some(j) => {
                         placed = with(&placed, j);
@@ -483,6 +485,23 @@ mod tests {
         // Without any timed-out write the failed compare-and-set is impossible.
         ops.retain(|o| o.ret != NEVER);
         assert!(!linearizable(ops));
+    }
+
+    #[test]
+    fn a_timed_out_cas_is_spent_before_a_timed_out_put() {
+        // Two failed compare-and-sets need the value changed; the timed-out cas can do it
+        // only for the first (the value is then `a`), the put for either.
+        let ops = vec![
+            put(0, 1, 2, "a"),
+            get(1, 3, 4, Some("a")),
+            cas(2, 5, NEVER, "a", "y", None),
+            put(3, 6, NEVER, "x"),
+            cas(1, 7, 8, "a", "b", Some(false)),
+            put(0, 9, 10, "c"),
+            get(1, 11, 12, Some("c")),
+            cas(1, 13, 14, "c", "d", Some(false)),
+        ];
+        assert!(linearizable(ops));
     }
 
     #[test]

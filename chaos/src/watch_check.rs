@@ -95,10 +95,13 @@ pub fn check_history(history: &[Ev], written: &HashSet<String>) -> Vec<String> {
     let mut in_rev: HashSet<&str> = HashSet::new();
     let mut live: HashMap<&str, &Ev> = HashMap::new();
     for e in history {
-        if e.mod_rev < last_rev {
+        // Revisions count up from 2 (the first write) without gaps: every revision is a
+        // change, and every change has events.
+        let first = last_rev == 0 && e.mod_rev != 2;
+        if first || (last_rev != 0 && e.mod_rev != last_rev && e.mod_rev != last_rev + 1) {
             note(
                 &mut problems,
-                format!("revision goes back: {e} after {last_rev}"),
+                format!("revision {} follows {last_rev}: {e}", e.mod_rev),
             );
         }
         if e.mod_rev != last_rev {
@@ -233,7 +236,20 @@ fn check_segment(
         );
     }
     let mut sent = 0;
+    let mut sent_upto = 0;
     for r in &seg.responses {
+        if r.events.is_empty() && r.revision < sent_upto {
+            note(
+                problems,
+                format!(
+                    "{who}: progress notification at revision {} after events up to {sent_upto}",
+                    r.revision
+                ),
+            );
+        }
+        if let Some(e) = r.events.last() {
+            sent_upto = e.mod_rev;
+        }
         if r.events.is_empty() {
             let due = expected
                 .iter()
@@ -347,6 +363,13 @@ mod tests {
         h[2].value = "?".into();
         let problems = check_history(&h, &written());
         assert_eq!(problems.len(), 3, "{problems:?}");
+        // A revision missing: the history starts at 3.
+        let gap: Vec<Ev> = history()[1..3].to_vec();
+        let problems = check_history(&gap, &written());
+        assert!(
+            problems.iter().any(|p| p.contains("follows 0")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -45,13 +45,26 @@ fn short_seed_set_is_linearizable_and_replicas_agree() {
     println!("{summary}");
     let reports: String = failed.iter().map(|o| o.to_string()).collect();
     assert!(failed.is_empty(), "{summary}\n{reports}");
-    // The runs did something: faults were injected and operations completed.
+    // The runs did something: faults were injected, and every checker had something to check.
     assert_eq!(
         faults as u64,
         2 * seeds,
         "every seed injects both its faults"
     );
     assert!(ops as u64 > 50 * seeds, "too few operations: {summary}");
+    let events: usize = outcomes.iter().map(|o| o.watch.events).sum();
+    let txns: usize = outcomes.iter().map(|o| o.txns).sum();
+    let leases: usize = outcomes.iter().map(|o| o.leases_checked.0).sum();
+    let watched = outcomes.iter().filter(|o| o.watch.events > 0).count();
+    assert!(
+        events as u64 > 50 * seeds && txns as u64 > 10 * seeds && leases as u64 >= seeds,
+        "too little checked: {events} watch events, {txns} transactions, {leases} leases"
+    );
+    assert!(
+        watched * 10 >= outcomes.len() * 9,
+        "watchers received events in only {watched} of {} seeds",
+        outcomes.len()
+    );
 }
 
 #[test]

@@ -276,23 +276,35 @@ impl Applier {
     }
 
     /// Renews a lease where lease deadlines count — on the leader — and returns its TTL
-    /// (0 if it is unknown or expired, as etcd answers).
+    /// (0 if it is unknown or expired, as etcd answers). A lease the leader does not know may
+    /// be granted in an entry it has committed but not applied yet (a new leader): it waits
+    /// until it has applied what it committed, as etcd's leader does, and looks again.
     pub async fn lease_keep_alive(&self, lessor: &Lessor, id: i64) -> Result<i64, Status> {
         self.on_leader(
-            || async { Ok(lessor.keep_alive(id).unwrap_or(0)) },
+            || async {
+                if let Some(ttl) = lessor.keep_alive(id) {
+                    return Ok(ttl);
+                }
+                self.read_index().await?;
+                Ok(lessor.keep_alive(id).unwrap_or(0))
+            },
             |leader| self.peers.lease_keep_alive(leader, id),
         )
         .await
     }
 
-    /// A lease's (remaining, granted) TTL as the leader sees it; `None` if it does not exist.
+    /// A lease's (remaining, granted) TTL as the leader sees it once it has applied what it
+    /// committed (as etcd's leader waits); `None` if it does not exist.
     pub async fn lease_time_to_live(
         &self,
         lessor: &Lessor,
         id: i64,
     ) -> Result<Option<(i64, i64)>, Status> {
         self.on_leader(
-            || async { Ok(lessor.remaining(id, tokio::time::Instant::now())) },
+            || async {
+                self.read_index().await?;
+                Ok(lessor.remaining(id, tokio::time::Instant::now()))
+            },
             |leader| self.peers.lease_time_to_live(leader, id),
         )
         .await

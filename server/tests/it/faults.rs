@@ -1,6 +1,7 @@
-//! Faults of real processes beyond a clean kill: a member paused (SIGSTOP) while it leads and
-//! then resumed, a paused follower, a torn last record in the Raft log, and a full disk. Each
-//! ends with every acknowledged write readable and, for clusters, the members agreeing.
+//! Faults of real processes beyond killing the leader (in `cluster.rs`): a follower killed
+//! (SIGKILL) under load and restarted, a member paused (SIGSTOP) while it leads and then
+//! resumed, a paused follower, a torn last record in the Raft log, and a full disk. Each ends
+//! with every acknowledged write readable and, for clusters, the members agreeing.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,6 +113,40 @@ async fn pausing_the_leader_and_then_a_follower_under_load_loses_no_acknowledged
     let acked = acked.lock().unwrap().clone();
     let top = acked.iter().map(|a| a.2).max().unwrap();
     assert_equal_hashes(&cluster.hashes_at(top).await);
+    for ep in cluster.endpoints() {
+        check_acked(&ep, &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_follower_under_load_and_restarting_it_loses_nothing() {
+    let mut cluster = Cluster::start(3, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writers on every member, the follower's included: theirs fail while it is down.
+    let (acked, tasks) = write_load(cluster.endpoints(), 6, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    let before = acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = acked.lock().unwrap().len();
+    assert!(
+        during > before + 20,
+        "writes went on with a follower down: {before} -> {during}"
+    );
+    cluster.restart(follower);
+    cluster.wait_healthy(follower);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let top = acked.iter().map(|a| a.2).max().unwrap();
+    let hashes = cluster.hashes_at(top).await;
+    assert_eq!(hashes.len(), 3, "every member answers HashKV: {hashes:?}");
+    assert_equal_hashes(&hashes);
     for ep in cluster.endpoints() {
         check_acked(&ep, &acked).await;
     }
