@@ -192,43 +192,28 @@ pub fn run(scenario: &Scenario) -> Outcome {
     let warmup = Duration::from_secs(2);
     let healed = warmup + scenario.load;
     let mut hosts = members.clone();
-    for id in 0..scenario.clients {
-        let name = format!("c{id}");
+    let (seed, span) = (scenario.seed, (warmup, healed));
+    for (id, name) in client_names("c", scenario.clients, &mut hosts) {
+        let keys = scenario.keys;
         sim.client(
-            name.as_str(),
-            workload::register_client(
-                id,
-                scenario.seed,
-                scenario.keys,
-                (warmup, healed),
-                shared.clone(),
-            ),
+            name,
+            workload::register_client(id, seed, keys, span, shared.clone()),
         );
-        hosts.push(name);
     }
-    for id in 0..scenario.watchers {
-        let name = format!("w{id}");
+    for (id, name) in client_names("w", scenario.watchers, &mut hosts) {
         sim.client(
-            name.as_str(),
-            crate::watcher::watcher(id, scenario.seed, (warmup, healed), shared.clone()),
+            name,
+            crate::watcher::watcher(id, seed, span, shared.clone()),
         );
-        hosts.push(name);
     }
-    for id in 0..scenario.appenders {
-        let name = format!("a{id}");
+    for (id, name) in client_names("a", scenario.appenders, &mut hosts) {
         sim.client(
-            name.as_str(),
-            crate::appender::appender(id, scenario.seed, (warmup, healed), shared.clone()),
+            name,
+            crate::appender::appender(id, seed, span, shared.clone()),
         );
-        hosts.push(name);
     }
-    for id in 0..scenario.lease_clients {
-        let name = format!("l{id}");
-        sim.client(
-            name.as_str(),
-            crate::lease::client(id, scenario.seed, (warmup, healed), shared.clone()),
-        );
-        hosts.push(name);
+    for (id, name) in client_names("l", scenario.lease_clients, &mut hosts) {
+        sim.client(name, crate::lease::client(id, seed, span, shared.clone()));
     }
     sim.client("monitor", workload::monitor(shared.clone()));
     sim.client("checker", workload::final_check(healed, shared.clone()));
@@ -306,6 +291,17 @@ pub fn run(scenario: &Scenario) -> Outcome {
         hashes: shared.hashes.take(),
         error,
     }
+}
+
+/// Names `count` client hosts `<prefix>0`, `<prefix>1`, …, and adds them to `hosts`.
+fn client_names(prefix: &str, count: usize, hosts: &mut Vec<String>) -> Vec<(usize, String)> {
+    (0..count)
+        .map(|id| {
+            let name = format!("{prefix}{id}");
+            hosts.push(name.clone());
+            (id, name)
+        })
+        .collect()
 }
 
 /// Registers member `name` of `cluster` (bootstrapping, or joining an `existing` cluster).

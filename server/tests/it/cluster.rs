@@ -169,6 +169,33 @@ pub fn write_load(
     (acked, tasks)
 }
 
+/// Stops the load and waits for its writers; then checks that the running members agree at the
+/// highest acknowledged revision and that every acknowledged write is readable through each.
+/// Returns the acknowledged writes and that revision.
+pub async fn finish_load(
+    cluster: &Cluster,
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    acked: &Acked,
+) -> (Vec<(String, String, i64)>, i64) {
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let top = acked.iter().map(|a| a.2).max().unwrap();
+    let hashes = cluster.hashes_at(top).await;
+    assert_eq!(
+        hashes.len(),
+        cluster.members.iter().filter(|m| m.running()).count()
+    );
+    assert_equal_hashes(&hashes);
+    for m in cluster.members.iter().filter(|m| m.running()) {
+        check_acked(&m.endpoint(), &acked).await;
+    }
+    (acked, top)
+}
+
 /// Checks that every acknowledged write is readable through `endpoint` at its revision.
 pub async fn check_acked(endpoint: &str, acked: &[(String, String, i64)]) {
     let mut c = Client::connect(endpoint).await;
@@ -205,11 +232,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let (acked, top) = finish_load(&cluster, &stop, tasks, &acked).await;
     assert!(before_kill > 50, "load before the kill: {before_kill}");
     assert!(
         acked.len() > before_kill + 20,
@@ -217,11 +240,6 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_write() {
         before_kill,
         acked.len()
     );
-    let top = acked.iter().map(|a| a.2).max().unwrap();
-    assert_equal_hashes(&cluster.hashes_at(top).await);
-    for ep in cluster.endpoints() {
-        check_acked(&ep, &acked).await;
-    }
     // The old leader comes back, catches up, and agrees.
     cluster.restart(leader);
     cluster.wait_healthy(leader);

@@ -4,13 +4,13 @@
 //! with every acknowledged write readable and, for clusters, the members agreeing.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_proto::etcdserverpb::{PutRequest, StatusRequest};
 
-use crate::cluster::{assert_equal_hashes, check_acked, write_load};
+use crate::cluster::{check_acked, finish_load, write_load};
 use crate::cluster_harness::Cluster;
 use crate::grpc::Client;
 use crate::harness::{Kind, Server};
@@ -105,17 +105,7 @@ async fn pausing_the_leader_and_then_a_follower_under_load_loses_no_acknowledged
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.signal(follower, "CONT");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    let top = acked.iter().map(|a| a.2).max().unwrap();
-    assert_equal_hashes(&cluster.hashes_at(top).await);
-    for ep in cluster.endpoints() {
-        check_acked(&ep, &acked).await;
-    }
+    finish_load(&cluster, &stop, tasks, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,18 +128,8 @@ async fn killing_a_follower_under_load_and_restarting_it_loses_nothing() {
     cluster.restart(follower);
     cluster.wait_healthy(follower);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
-    let top = acked.iter().map(|a| a.2).max().unwrap();
-    let hashes = cluster.hashes_at(top).await;
-    assert_eq!(hashes.len(), 3, "every member answers HashKV: {hashes:?}");
-    assert_equal_hashes(&hashes);
-    for ep in cluster.endpoints() {
-        check_acked(&ep, &acked).await;
-    }
+    // All three running again: all three must agree.
+    finish_load(&cluster, &stop, tasks, &acked).await;
 }
 
 /// Puts `n` keys one at a time; returns (key, value, revision) of each acknowledged one.
