@@ -43,8 +43,8 @@ pub fn member_config(
         format!("--heartbeat-interval={HEARTBEAT_MS}"),
         format!("--election-timeout={ELECTION_MS}"),
         // Small, so that snapshots are taken, and sent to members that fell behind.
-        "--snapshot-count=200".into(),
-        "--experimental-snapshot-catchup-entries=50".into(),
+        "--snapshot-count=64".into(),
+        "--experimental-snapshot-catchup-entries=16".into(),
     ];
     let flags = server::Flags::try_parse_from(args)?;
     let mut config = flags.validate()?;

@@ -30,9 +30,12 @@ pub enum Kind {
     /// A new member is added (and started), then another one removed, while messages are
     /// delayed.
     ReplaceMember,
+    /// A follower is killed and stays down while the faults after it come and go, until the
+    /// end: it comes back far behind (past the leader's log, so by snapshot).
+    Outage,
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind::PartitionMinority,
     Kind::IsolateLeader,
     Kind::Bridge,
@@ -41,6 +44,7 @@ const KINDS: [Kind; 8] = [
     Kind::Crash,
     Kind::PauseLeader,
     Kind::ReplaceMember,
+    Kind::Outage,
 ];
 
 /// One scheduled fault.
@@ -77,7 +81,8 @@ impl fmt::Display for Fault {
     }
 }
 
-/// `count` faults, one after another in `[from, to)`, each lasting 30–90 % of its slot.
+/// `count` faults, one after another in `[from, to)`, each lasting 30–90 % of its slot (an
+/// outage lasts until `to`, overlapping the faults after it).
 pub fn plan(rng: &mut SmallRng, count: usize, from: Duration, to: Duration) -> Vec<Fault> {
     if count == 0 {
         return Vec::new();
@@ -88,10 +93,11 @@ pub fn plan(rng: &mut SmallRng, count: usize, from: Duration, to: Duration) -> V
             let begin = from + slot * i as u32;
             let start = begin + slot.mul_f64(rng.random_range(0.0..0.1));
             let end = start + slot.mul_f64(rng.random_range(0.3..0.9));
+            let kind = KINDS[rng.random_range(0..KINDS.len())];
             Fault {
-                kind: KINDS[rng.random_range(0..KINDS.len())],
+                kind,
                 start,
-                end,
+                end: if kind == Kind::Outage { to } else { end },
                 targets: Vec::new(),
                 drops: rng.random_bool(0.5),
             }
@@ -165,6 +171,16 @@ impl Target<'_, '_> {
                 }
                 fault.targets = vec![leader];
             }
+            Kind::Outage => {
+                let followers: Vec<&String> =
+                    self.members.iter().filter(|m| **m != leader).collect();
+                let victim = match followers.len() {
+                    0 => leader,
+                    n => followers[rng.random_range(0..n)].clone(),
+                };
+                self.sim.crash(victim.as_str());
+                fault.targets = vec![victim];
+            }
             Kind::ReplaceMember => {
                 let victim = pick(rng);
                 let added = self.spare.clone();
@@ -192,7 +208,7 @@ impl Target<'_, '_> {
                 }
             }
             Kind::Delay | Kind::ReplaceMember => self.sim.set_max_message_latency(NORMAL_LATENCY),
-            Kind::Crash => self.sim.bounce(fault.targets[0].as_str()),
+            Kind::Crash | Kind::Outage => self.sim.bounce(fault.targets[0].as_str()),
             Kind::PauseLeader => {
                 let paused = &fault.targets[0];
                 for h in self.hosts.iter().filter(|h| *h != paused) {

@@ -2,7 +2,8 @@
 //!
 //! - `soak --seeds N [--first S] [--jobs J]`: N seeds' short scenarios; prints one line per
 //!   seed (the full report and the replay command for a failure) and `N passed, M failed`.
-//! - `replay --seed S [...]`: one scenario, with the server's logs (`--log-level`).
+//! - `replay --seed S [--repeat N] [...]`: one scenario, with the server's logs
+//!   (`--log-level`); `--repeat` runs it again until it fails, up to N times.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -47,6 +48,10 @@ enum Command {
         /// Log level of the simulated members (error, warn, info, debug).
         #[arg(long, default_value = "warn")]
         log_level: String,
+        /// Runs it up to this many times, stopping at the first failure (a seed fixes the
+        /// script, not every interleaving; see the README).
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
 }
 
@@ -131,15 +136,21 @@ fn main() -> anyhow::Result<()> {
             seed,
             shape,
             log_level,
+            repeat,
         } => {
             logging(&log_level);
-            let outcome = run(&shape.scenario(seed));
-            print!("{outcome}");
-            if !outcome.passed() {
-                std::process::exit(1);
-            }
-            for fault in &outcome.faults {
-                println!("  fault: {fault}");
+            for attempt in 1..=repeat.max(1) {
+                let outcome = run(&shape.scenario(seed));
+                if repeat > 1 {
+                    print!("attempt {attempt}: ");
+                }
+                print!("{outcome}");
+                if !outcome.passed() {
+                    std::process::exit(1);
+                }
+                for fault in &outcome.faults {
+                    println!("  fault: {fault}");
+                }
             }
         }
     }

@@ -228,11 +228,23 @@ pub fn run(scenario: &Scenario) -> Outcome {
         healed - Duration::from_millis(500),
     );
     let mut next = 0;
-    let mut active: Option<usize> = None;
+    let mut active: Vec<usize> = Vec::new();
     let mut added = 0;
     let error = loop {
         let now = sim.elapsed();
-        let current = shared.members.borrow().clone();
+        // Later faults leave a member that is out (an outage) alone.
+        let out: Vec<&String> = active
+            .iter()
+            .filter(|&&i| plan[i].kind == faults::Kind::Outage)
+            .flat_map(|&i| &plan[i].targets)
+            .collect();
+        let current: Vec<String> = shared
+            .members
+            .borrow()
+            .iter()
+            .filter(|m| !out.contains(m))
+            .cloned()
+            .collect();
         let mut target = Target {
             sim: &mut sim,
             members: &current,
@@ -240,13 +252,11 @@ pub fn run(scenario: &Scenario) -> Outcome {
             changes: &shared.changes,
             spare: format!("m{}", scenario.members + added + 1),
         };
-        if let Some(i) = active {
-            if now >= plan[i].end {
-                target.end(&plan[i]);
-                active = None;
-            }
+        for &i in active.iter().filter(|&&i| now >= plan[i].end) {
+            target.end(&plan[i]);
         }
-        if active.is_none() && next < plan.len() && now >= plan[next].start {
+        active.retain(|&i| now < plan[i].end);
+        if next < plan.len() && now >= plan[next].start {
             let leader = shared.leader.borrow().clone();
             if let Some(new) = target.start(&mut plan[next], &mut rng, leader) {
                 let mut cluster = current.clone();
@@ -255,7 +265,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
                 hosts.push(new);
                 added += 1;
             }
-            active = Some(next);
+            active.push(next);
             next += 1;
         }
         match sim.step() {
