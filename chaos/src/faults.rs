@@ -126,6 +126,10 @@ impl Target<'_, '_> {
         rng: &mut SmallRng,
         leader: Option<String>,
     ) -> Option<String> {
+        if self.members.len() < 2 {
+            // Everyone else is out (outages): nothing left to do it to.
+            return None;
+        }
         let pick =
             |rng: &mut SmallRng| self.members[rng.random_range(0..self.members.len())].clone();
         let leader = leader.unwrap_or_else(|| pick(rng));
@@ -133,7 +137,8 @@ impl Target<'_, '_> {
             Kind::PartitionMinority => {
                 let mut shuffled = self.members.to_vec();
                 shuffled.shuffle(rng);
-                let size = rng.random_range(1..=(self.members.len() - 1) / 2);
+                // A minority of those up (one of two, when a third is out).
+                let size = rng.random_range(1..=((self.members.len() - 1) / 2).max(1));
                 fault.targets = shuffled[..size].to_vec();
                 self.cut(&fault.targets.clone(), fault.drops);
             }
@@ -197,6 +202,11 @@ impl Target<'_, '_> {
 
     /// Undoes `fault`.
     pub fn end(&mut self, fault: &Fault) {
+        let needs_target = matches!(fault.kind, Kind::Crash | Kind::Outage | Kind::PauseLeader);
+        if needs_target && fault.targets.is_empty() {
+            // It was not done (no member was left to do it to).
+            return;
+        }
         match fault.kind {
             Kind::PartitionMinority | Kind::IsolateLeader | Kind::Bridge => self.repair_members(),
             Kind::Loss => {

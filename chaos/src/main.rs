@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
             logging("off");
             let started = Instant::now();
             let next = AtomicU64::new(first);
-            let tally = Mutex::new((0u64, 0u64, Vec::new()));
+            let tally = Mutex::new(Tally::default());
             std::thread::scope(|scope| {
                 for _ in 0..jobs.max(1) {
                     scope.spawn(|| loop {
@@ -107,27 +107,30 @@ fn main() -> anyhow::Result<()> {
                         }
                         let outcome = run(&shape.scenario(seed));
                         print!("{outcome}");
-                        let mut t = tally.lock().expect("tally");
-                        if outcome.passed() {
-                            t.0 += 1;
-                        } else {
-                            t.1 += 1;
-                            t.2.push(seed);
-                        }
+                        tally.lock().expect("tally").add(&outcome);
                     });
                 }
             });
-            let (passed, failed, mut failing) = tally.into_inner().expect("tally");
-            failing.sort();
+            let mut t = tally.into_inner().expect("tally");
+            t.failing.sort();
             println!(
-                "{passed} passed, {failed} failed ({:.0?}){}",
+                "{} passed, {} failed ({:.0?}); {} faults injected, {} register operations, {} \
+                 transactions, {} watch events and {} ended leases checked{}",
+                t.passed,
+                t.failing.len(),
                 started.elapsed(),
-                if failing.is_empty() {
+                t.faults,
+                t.ops,
+                t.txns,
+                t.events,
+                t.leases,
+                if t.failing.is_empty() {
                     String::new()
                 } else {
-                    format!("; failing seeds: {failing:?}")
+                    format!("; failing seeds: {:?}", t.failing)
                 }
             );
+            let failed = t.failing.len();
             if failed > 0 {
                 std::process::exit(1);
             }
@@ -155,6 +158,33 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a soak found, summed over its seeds.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failing: Vec<u64>,
+    faults: usize,
+    ops: usize,
+    txns: usize,
+    events: usize,
+    leases: usize,
+}
+
+impl Tally {
+    fn add(&mut self, o: &chaos::Outcome) {
+        if o.passed() {
+            self.passed += 1;
+        } else {
+            self.failing.push(o.scenario.seed);
+        }
+        self.faults += o.faults.len();
+        self.ops += o.linearizability.ops;
+        self.txns += o.txns;
+        self.events += o.watch.events;
+        self.leases += o.leases_checked.0;
+    }
 }
 
 fn logging(level: &str) {
