@@ -90,12 +90,17 @@ impl Watcher {
         }
     }
 
+    /// The event as this watcher receives it (copying `prev_kv` only if it asked for it).
     fn shape(&self, e: &Event) -> Event {
-        let mut e = e.clone();
-        if !self.prev_kv {
-            e.prev_kv = None;
+        Event {
+            r#type: e.r#type,
+            kv: e.kv.clone(),
+            prev_kv: if self.prev_kv {
+                e.prev_kv.clone()
+            } else {
+                None
+            },
         }
-        e
     }
 }
 
