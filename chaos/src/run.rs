@@ -87,8 +87,9 @@ pub struct Outcome {
     pub lease: Vec<String>,
     /// Leases seen revoked or expired, and reads of their keys afterwards.
     pub leases_checked: (usize, usize),
-    /// Each member's HashKV at the final revision, or why there is none.
-    pub hashes: Vec<(String, Result<u32, String>)>,
+    /// Each member's HashKV (hash, compact revision) at the final revision, or why there is
+    /// none.
+    pub hashes: Vec<(String, Result<(u32, i64), String>)>,
     /// The simulation itself failed (a member's software returned an error or panicked).
     pub error: Option<String>,
 }
@@ -188,7 +189,10 @@ pub fn run(scenario: &Scenario) -> Outcome {
     *shared.members.borrow_mut() = members.clone();
     shared
         .active
-        .set(scenario.clients + scenario.watchers + scenario.lease_clients + scenario.appenders);
+        // The workload clients, the recorder and the compactor.
+        .set(
+            scenario.clients + scenario.watchers + scenario.lease_clients + scenario.appenders + 2,
+        );
     let warmup = Duration::from_secs(2);
     let healed = warmup + scenario.load;
     let mut hosts = members.clone();
@@ -215,10 +219,15 @@ pub fn run(scenario: &Scenario) -> Outcome {
     for (id, name) in client_names("l", scenario.lease_clients, &mut hosts) {
         sim.client(name, crate::lease::client(id, seed, span, shared.clone()));
     }
+    sim.client(
+        "recorder",
+        crate::watcher::recorder(seed, healed, shared.clone()),
+    );
+    sim.client("compactor", workload::compactor(seed, span, shared.clone()));
     sim.client("monitor", workload::monitor(shared.clone()));
     sim.client("checker", workload::final_check(healed, shared.clone()));
     sim.client("admin", crate::admin::admin(shared.clone()));
-    hosts.extend(["monitor", "checker", "admin"].map(String::from));
+    hosts.extend(["recorder", "compactor", "monitor", "checker", "admin"].map(String::from));
 
     let mut rng = SmallRng::seed_from_u64(scenario.seed.wrapping_add(1));
     let mut plan = faults::plan(
@@ -359,7 +368,14 @@ fn check_watch(
             }
         }
     };
-    let mut report = watch_check::check_watchers(history, &shared.watch_logs.borrow());
+    let compacted = shared
+        .compactions
+        .borrow()
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let mut report = watch_check::check_watchers(history, &shared.watch_logs.borrow(), compacted);
     let mut problems = watch_check::check_history(history, &shared.written.borrow());
     problems.extend(watch_check::check_acknowledged(history, ops));
     problems.append(&mut report.problems);

@@ -4,6 +4,7 @@
 //! 300 ms. Everything it receives is recorded, per stream, for `watch_check`. Also the final
 //! reading of the whole event history, which the watchers are checked against.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::watch_client::WatchClient;
@@ -58,13 +59,21 @@ pub fn event(e: &mvccpb::Event) -> Ev {
 }
 
 /// A watch stream through `member` from `start`, kept open until `end` (simulated time) or
-/// until an event at revision `stop_at` or later arrives.
-async fn segment(member: &str, start: i64, end: Duration, stop_at: i64) -> Segment {
+/// until an event at revision `stop_at` or later arrives. `upto`, if given, follows the
+/// revision after the last event received.
+async fn segment(
+    member: &str,
+    start: i64,
+    end: Duration,
+    stop_at: i64,
+    upto: Option<&Cell<i64>>,
+) -> Segment {
     let mut seg = Segment {
         member: member.to_string(),
         start,
         responses: Vec::new(),
         end: String::new(),
+        compacted: 0,
     };
     let (tx, rx) = mpsc::channel(8);
     let _ = tx.send(create(start)).await;
@@ -103,6 +112,7 @@ async fn segment(member: &str, start: i64, end: Duration, stop_at: i64) -> Segme
             Ok(Ok(Some(resp))) if resp.created => {}
             Ok(Ok(Some(resp))) if resp.canceled => {
                 seg.end = format!("canceled: {}", resp.cancel_reason);
+                seg.compacted = resp.compact_revision;
                 return seg;
             }
             Ok(Ok(Some(resp))) => {
@@ -115,6 +125,10 @@ async fn segment(member: &str, start: i64, end: Duration, stop_at: i64) -> Segme
                     revision: resp.header.map_or(0, |h| h.revision),
                     events: resp.events.iter().map(event).collect(),
                 });
+                if let (Some(p), Some(kv)) = (upto, resp.events.last().and_then(|e| e.kv.as_ref()))
+                {
+                    p.set(kv.mod_revision + 1);
+                }
                 if done {
                     seg.end = "reached the last revision".into();
                     return seg;
@@ -155,10 +169,12 @@ pub async fn watcher(
     while now() < until {
         let member = &shared.pick(&mut rng);
         let end = (now() + Duration::from_millis(rng.random_range(500..2500))).min(until);
-        let seg = segment(member, next, end, i64::MAX).await;
+        let seg = segment(member, next, end, i64::MAX, None).await;
         if let Some(last) = seg.responses.iter().flat_map(|r| &r.events).last() {
             next = last.mod_rev + 1;
         }
+        // Asked for compacted revisions: go on from the oldest one left.
+        next = next.max(seg.compacted);
         let opened = !seg.end.starts_with("not opened");
         log.segments.push(seg);
         if !opened {
@@ -170,10 +186,50 @@ pub async fn watcher(
     Ok(())
 }
 
-/// Every event from revision 1 to `upto`, read by a watch through `member`.
-pub async fn history(member: &str, upto: i64) -> Result<Vec<Ev>, String> {
+/// The recorder: a watcher from revision 1 that keeps every event, resuming through another
+/// member whenever its stream ends, until `until`. The compactor never compacts past what it
+/// has received, so what it records is the cluster's whole event history.
+pub async fn recorder(seed: u64, until: Duration, shared: std::rc::Rc<Shared>) -> turmoil::Result {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5245_434f_5244_0000);
+    shared.recorded_next.set(1);
+    while now() < until {
+        let member = shared.pick(&mut rng);
+        let next = shared.recorded_next.get();
+        let seg = segment(&member, next, until, i64::MAX, Some(&shared.recorded_next)).await;
+        let opened = !seg.end.starts_with("not opened");
+        shared
+            .recorded
+            .borrow_mut()
+            .extend(seg.responses.into_iter().flat_map(|r| r.events));
+        if !opened {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    shared.finished();
+    Ok(())
+}
+
+/// Every event up to `upto`: what the recorder got, then the rest read by a watch through
+/// `member`.
+pub async fn full_history(member: &str, upto: i64, shared: &Shared) -> Result<Vec<Ev>, String> {
+    let mut events: Vec<Ev> = shared
+        .recorded
+        .borrow()
+        .iter()
+        .filter(|e| e.mod_rev <= upto)
+        .cloned()
+        .collect();
+    let next = shared.recorded_next.get().max(1);
+    if next <= upto {
+        events.extend(history(member, next, upto).await?);
+    }
+    Ok(events)
+}
+
+/// Every event from revision `from` to `upto`, read by a watch through `member`.
+async fn history(member: &str, from: i64, upto: i64) -> Result<Vec<Ev>, String> {
     let deadline = now() + Duration::from_secs(20);
-    let seg = segment(member, 1, deadline, upto).await;
+    let seg = segment(member, from, deadline, upto, None).await;
     let end = seg.end;
     let mut events = Vec::new();
     for e in seg.responses.into_iter().flat_map(|r| r.events) {

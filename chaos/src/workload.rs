@@ -12,7 +12,8 @@ use etcd_proto::etcdserverpb::kv_client::KvClient;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::request_op::Request;
 use etcd_proto::etcdserverpb::{
-    Compare, HashKvRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+    CompactionRequest, Compare, HashKvRequest, PutRequest, RangeRequest, RequestOp, StatusRequest,
+    TxnRequest,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -32,8 +33,9 @@ pub struct Shared {
     pub history: RefCell<History>,
     /// The leader's host name, as the members last reported it.
     pub leader: RefCell<Option<String>>,
-    /// Each member's HashKV at the final revision, or why there is none.
-    pub hashes: RefCell<Vec<(String, Result<u32, String>)>>,
+    /// Each member's HashKV (hash, compact revision) at the final revision, or why there is
+    /// none.
+    pub hashes: RefCell<Vec<(String, Result<(u32, i64), String>)>>,
     pub final_revision: Cell<i64>,
     /// Workload clients still running: the final check starts when none is, so that no
     /// acknowledged write comes after the final revision.
@@ -51,6 +53,11 @@ pub struct Shared {
     pub txns: RefCell<Vec<crate::append::Txn>>,
     /// What the lease clients saw.
     pub leases: RefCell<crate::lease::LeaseLog>,
+    /// Every revision the compactor asked to compact to.
+    pub compactions: RefCell<Vec<i64>>,
+    /// The recorder's events, and the revision after its last one.
+    pub recorded: RefCell<Vec<crate::watch_check::Ev>>,
+    pub recorded_next: Cell<i64>,
     /// What the watchers received.
     pub watch_logs: RefCell<Vec<crate::watch_check::WatchLog>>,
     /// Every event up to the final revision, read at the end (or why it could not be).
@@ -211,6 +218,36 @@ async fn execute(channel: Channel, key: &str, input: &Input) -> Result<Output, t
     }
 }
 
+/// Compacts the keyspace now and then, as kube-apiserver does, to a revision 30 behind what
+/// the recorder has received; watchers that ask for compacted revisions are canceled.
+pub async fn compactor(
+    seed: u64,
+    (start, until): (Duration, Duration),
+    shared: std::rc::Rc<Shared>,
+) -> turmoil::Result {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x434f_4d50_4143_5400);
+    sleep_until(start).await;
+    let mut last = 0;
+    while now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+        let target = shared.recorded_next.get() - 30;
+        if target <= last + 10 {
+            continue;
+        }
+        shared.compactions.borrow_mut().push(target);
+        let mut kv = KvClient::new(client_channel(&shared.pick(&mut rng)));
+        let compact = kv.compact(CompactionRequest {
+            revision: target,
+            physical: false,
+        });
+        if let Ok(Ok(_)) = tokio::time::timeout(OP_TIMEOUT, compact).await {
+            last = target;
+        }
+    }
+    shared.finished();
+    Ok(())
+}
+
 /// Follows leadership: asks every member's Status (a local answer) every 100 ms and records
 /// the leader a member names, until the run is done.
 pub async fn monitor(shared: std::rc::Rc<Shared>) -> turmoil::Result {
@@ -281,15 +318,28 @@ pub async fn final_check(healed: Duration, shared: std::rc::Rc<Shared>) -> turmo
         )),
         Some(rev) => {
             shared.final_revision.set(rev);
-            for m in &members {
-                hashes.push((m.clone(), hash_at(m, rev, deadline).await));
+            // HashKV covers (compacted, rev] as each member has compacted so far; a compaction
+            // still being applied somewhere changes that range, so — as etcd's corruption
+            // check does — hashes are compared only once every member reports the same
+            // compact revision.
+            loop {
+                hashes.clear();
+                for m in &members {
+                    hashes.push((m.clone(), hash_at(m, rev, deadline).await));
+                }
+                let mut compacted = hashes.iter().map(|(_, h)| h.as_ref().map(|h| h.1));
+                let first = compacted.next();
+                if now() >= deadline || compacted.all(|c| Some(c) == first) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let agreed = hashes
                 .iter()
                 .find(|(_, h)| h.is_ok())
                 .map(|(m, _)| m.clone());
             let events = match agreed {
-                Some(m) => crate::watcher::history(&m, rev).await,
+                Some(m) => crate::watcher::full_history(&m, rev, &shared).await,
                 None => Err("no member answered HashKV".to_string()),
             };
             *shared.events.borrow_mut() = Some(events);
@@ -301,7 +351,7 @@ pub async fn final_check(healed: Duration, shared: std::rc::Rc<Shared>) -> turmo
 }
 
 /// `member`'s HashKV at `rev`, once it has applied `rev`.
-async fn hash_at(member: &str, rev: i64, deadline: Duration) -> Result<u32, String> {
+async fn hash_at(member: &str, rev: i64, deadline: Duration) -> Result<(u32, i64), String> {
     let mut last = String::from("never answered");
     while now() < deadline {
         let ch = client_channel(member);
@@ -321,7 +371,10 @@ async fn hash_at(member: &str, rev: i64, deadline: Duration) -> Result<u32, Stri
                 let mut maintenance = MaintenanceClient::new(ch);
                 let hash = maintenance.hash_kv(HashKvRequest { revision: rev });
                 match tokio::time::timeout(OP_TIMEOUT, hash).await {
-                    Ok(Ok(h)) => return Ok(h.into_inner().hash),
+                    Ok(Ok(h)) => {
+                        let h = h.into_inner();
+                        return Ok((h.hash, h.compact_revision));
+                    }
                     Ok(Err(s)) => last = s.message().to_string(),
                     Err(_) => last = "HashKV timed out".into(),
                 }
