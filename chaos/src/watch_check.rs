@@ -1,12 +1,14 @@
 //! Watch guarantees as etcd's API guarantees document them, checked against the cluster's
-//! event history (every event from revision 1, read at the end by one more watch):
+//! event history (every event from revision 1: what the recorder watcher received, which the
+//! compactor never compacts past, and the rest read at the end by one more watch):
 //!
 //! - the history itself is sound: revisions only go up, and each event's create revision,
 //!   version and `prev_kv` follow from the key's previous event; every value in it is one a
 //!   client wrote, and every acknowledged write is in it;
 //! - each watch stream delivers exactly the history's events from its start revision, in
 //!   order, with no gap and no duplicate — so a watch resumed from the last revision + 1
-//!   continues exactly;
+//!   continues exactly; a stream is canceled for compaction only if it asked for a compacted
+//!   revision, and `prev_kv` may be missing only where that version was compacted;
 //! - all events of one revision (one txn) come in one response;
 //! - a progress notification at revision R comes only after every event up to R was sent.
 

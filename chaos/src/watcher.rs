@@ -1,8 +1,9 @@
 //! Simulated watchers. Each watches the whole keyspace with `prev_kv` from revision 1, through
 //! a random member, for a random while; then (or when its stream breaks) it resumes from the
 //! revision after the last event it got, through another member. It asks for progress every
-//! 300 ms. Everything it receives is recorded, per stream, for `watch_check`. Also the final
-//! reading of the whole event history, which the watchers are checked against.
+//! 300 ms; canceled for compaction, it goes on from the compact revision. Everything it
+//! receives is recorded, per stream, for `watch_check`. Also the recorder and the final reading
+//! of the whole event history, which the watchers are checked against.
 
 use std::cell::Cell;
 use std::time::Duration;
