@@ -1,6 +1,7 @@
 //! Faults: which ones a seed schedules and when, and how each is done to and undone on the
-//! simulated cluster. Faults take turns (one at a time, each healed before the next), so every
-//! run ends with a healthy cluster whose members must agree.
+//! simulated cluster. Faults take turns (each healed before the next starts), except an outage,
+//! which lasts until the end of the fault window; so every run ends with a healthy cluster whose
+//! members must agree.
 
 use std::fmt;
 use std::time::Duration;
@@ -55,6 +56,8 @@ pub struct Fault {
     pub end: Duration,
     /// Members it was done to, once it started.
     pub targets: Vec<String>,
+    /// The links a partition cut, healed exactly at its end.
+    pub severed: Vec<(String, String)>,
     /// Whether a partition drops what is sent across it (the connections then stall, as TCP
     /// connections whose segments were lost, until keep-alive gives up on them) rather than
     /// holding it for delivery when it heals (as TCP's retransmission would deliver it).
@@ -99,6 +102,7 @@ pub fn plan(rng: &mut SmallRng, count: usize, from: Duration, to: Duration) -> V
                 start,
                 end: if kind == Kind::Outage { to } else { end },
                 targets: Vec::new(),
+                severed: Vec::new(),
                 drops: rng.random_bool(0.5),
             }
         })
@@ -132,7 +136,10 @@ impl Target<'_, '_> {
         }
         let pick =
             |rng: &mut SmallRng| self.members[rng.random_range(0..self.members.len())].clone();
-        let leader = leader.unwrap_or_else(|| pick(rng));
+        // The monitor's word may be stale (the leader it names may be out).
+        let leader = leader
+            .filter(|l| self.members.contains(l))
+            .unwrap_or_else(|| pick(rng));
         match fault.kind {
             Kind::PartitionMinority => {
                 let mut shuffled = self.members.to_vec();
@@ -140,11 +147,11 @@ impl Target<'_, '_> {
                 // A minority of those up (one of two, when a third is out).
                 let size = rng.random_range(1..=((self.members.len() - 1) / 2).max(1));
                 fault.targets = shuffled[..size].to_vec();
-                self.cut(&fault.targets.clone(), fault.drops);
+                fault.severed = self.cut(&fault.targets.clone(), fault.drops);
             }
             Kind::IsolateLeader => {
                 fault.targets = vec![leader];
-                self.cut(&fault.targets.clone(), fault.drops);
+                fault.severed = self.cut(&fault.targets.clone(), fault.drops);
             }
             Kind::Bridge => {
                 let mut shuffled = self.members.to_vec();
@@ -155,6 +162,7 @@ impl Target<'_, '_> {
                 for a in left {
                     for b in right {
                         self.sever(a, b, fault.drops);
+                        fault.severed.push((a.clone(), b.clone()));
                     }
                 }
                 fault.targets = vec![bridge.clone()];
@@ -208,7 +216,12 @@ impl Target<'_, '_> {
             return;
         }
         match fault.kind {
-            Kind::PartitionMinority | Kind::IsolateLeader | Kind::Bridge => self.repair_members(),
+            Kind::PartitionMinority | Kind::IsolateLeader | Kind::Bridge => {
+                for (a, b) in &fault.severed {
+                    self.sim.repair(a.as_str(), b.as_str());
+                    self.sim.release(a.as_str(), b.as_str());
+                }
+            }
             Kind::Loss => {
                 self.sim.set_fail_rate(0.0);
                 for (i, a) in self.hosts.iter().enumerate() {
@@ -228,13 +241,16 @@ impl Target<'_, '_> {
         }
     }
 
-    /// Cuts `group` off from the other members.
-    fn cut(&mut self, group: &[String], drops: bool) {
+    /// Cuts `group` off from the other members; returns the links cut.
+    fn cut(&mut self, group: &[String], drops: bool) -> Vec<(String, String)> {
+        let mut cut = Vec::new();
         for a in group {
             for b in self.members.iter().filter(|m| !group.contains(m)) {
                 self.sever(a, b, drops);
+                cut.push((a.clone(), b.clone()));
             }
         }
+        cut
     }
 
     fn sever(&mut self, a: &str, b: &str, drops: bool) {
@@ -242,16 +258,6 @@ impl Target<'_, '_> {
             self.sim.partition(a, b);
         } else {
             self.sim.hold(a, b);
-        }
-    }
-
-    /// Heals every link between members: repaired, and what was held delivered.
-    fn repair_members(&mut self) {
-        for (i, a) in self.members.iter().enumerate() {
-            for b in &self.members[i + 1..] {
-                self.sim.repair(a.as_str(), b.as_str());
-                self.sim.release(a.as_str(), b.as_str());
-            }
         }
     }
 }

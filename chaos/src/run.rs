@@ -368,14 +368,7 @@ fn check_watch(
             }
         }
     };
-    let compacted = shared
-        .compactions
-        .borrow()
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(0);
-    let mut report = watch_check::check_watchers(history, &shared.watch_logs.borrow(), compacted);
+    let mut report = watch_check::check_watchers(history, &shared.watch_logs.borrow());
     let mut problems = watch_check::check_history(history, &shared.written.borrow());
     problems.extend(watch_check::check_acknowledged(history, ops));
     problems.append(&mut report.problems);

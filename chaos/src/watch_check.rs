@@ -53,6 +53,9 @@ impl fmt::Display for Ev {
 pub struct Resp {
     pub revision: i64,
     pub events: Vec<Ev>,
+    /// The highest revision compaction had been asked for when it arrived: versions older
+    /// than that may have been compacted, so their `prev_kv` may be missing.
+    pub compacted: i64,
 }
 
 /// One watch stream.
@@ -172,10 +175,8 @@ pub fn check_acknowledged(history: &[Ev], ops: &[Op]) -> Vec<String> {
 }
 
 /// Checks every watcher's streams against the history.
-/// `compacted` is the highest revision the keyspace was compacted to during the run: an event
-/// whose previous version is older than that may come without `prev_kv`, as etcd sends it
-/// when that version was compacted by the time the event is read from history.
-pub fn check_watchers(history: &[Ev], logs: &[WatchLog], compacted: i64) -> WatchReport {
+/// Checks every watcher's streams against the history.
+pub fn check_watchers(history: &[Ev], logs: &[WatchLog]) -> WatchReport {
     let mut report = WatchReport::default();
     let mut per_rev: HashMap<i64, usize> = HashMap::new();
     for e in history {
@@ -189,44 +190,49 @@ pub fn check_watchers(history: &[Ev], logs: &[WatchLog], compacted: i64) -> Watc
                 "watcher {} via {} from revision {}",
                 log.watcher, seg.member, seg.start
             );
-            check_segment(history, (&per_rev, last, compacted), seg, &who, &mut report);
+            check_segment(history, (&per_rev, last), seg, &who, &mut report);
         }
     }
     report
 }
 
-/// Whether `got` is the history's `want`, allowing a `prev_kv` lost to compaction.
-fn same(got: Option<&&Ev>, want: Option<&&Ev>, compacted: i64) -> bool {
-    match (got, want) {
-        (Some(g), Some(w)) if g.prev.is_none() && w.prev.is_some() => {
-            let without = Ev {
-                prev: None,
-                ..(**w).clone()
-            };
-            g.mod_rev - 1 < compacted && **g == without
-        }
-        (g, w) => g == w,
+/// Whether `got` is the history's `want`, allowing a missing `prev_kv` where the previous
+/// version may have been compacted (older than `compacted`), as etcd omits it then.
+pub fn same(got: &Ev, want: &Ev, compacted: i64) -> bool {
+    if got.prev.is_none() && want.prev.is_some() && got.mod_rev - 1 < compacted {
+        let without = Ev {
+            prev: None,
+            ..want.clone()
+        };
+        return *got == without;
     }
+    got == want
 }
 
 fn check_segment(
     history: &[Ev],
-    (per_rev, last, compacted): (&HashMap<i64, usize>, i64, i64),
+    (per_rev, last): (&HashMap<i64, usize>, i64),
     seg: &Segment,
     who: &str,
     report: &mut WatchReport,
 ) {
     let problems = &mut report.problems;
-    if seg.compacted > 0 && seg.start >= seg.compacted {
+    let received: Vec<(&Ev, i64)> = seg
+        .responses
+        .iter()
+        .flat_map(|r| r.events.iter().map(move |e| (e, r.compacted)))
+        .collect();
+    // etcd cancels a watch for compaction only while its next revision is compacted.
+    let position = received.last().map_or(seg.start, |(e, _)| e.mod_rev + 1);
+    if seg.compacted > 0 && seg.compacted <= position.max(seg.start) {
         note(
             problems,
             format!(
-                "{who}: canceled as compacted at revision {} though it started after it",
+                "{who}: canceled as compacted at revision {} though it was at revision {position}",
                 seg.compacted
             ),
         );
     }
-    let received: Vec<&Ev> = seg.responses.iter().flat_map(|r| &r.events).collect();
     report.events += received.len();
     let claimed = seg
         .responses
@@ -237,7 +243,7 @@ fn check_segment(
     report.progress_notifications += seg.responses.iter().filter(|r| r.events.is_empty()).count();
     let upto = received
         .last()
-        .map_or(0, |e| e.mod_rev)
+        .map_or(0, |(e, _)| e.mod_rev)
         .max(claimed.unwrap_or(0));
     if upto > last {
         note(
@@ -250,17 +256,20 @@ fn check_segment(
         .iter()
         .filter(|e| e.mod_rev >= seg.start && e.mod_rev <= upto)
         .collect();
-    if let Some(i) = (0..received.len().max(expected.len()))
-        .find(|&i| !same(received.get(i), expected.get(i), compacted))
-    {
-        let show = |e: Option<&&Ev>| e.map_or("nothing".to_string(), |e| e.to_string());
+    if let Some(i) = (0..received.len().max(expected.len())).find(|&i| {
+        match (received.get(i), expected.get(i)) {
+            (Some((got, compacted)), Some(want)) => !same(got, want, *compacted),
+            (got, want) => got.is_some() || want.is_some(),
+        }
+    }) {
+        let show = |e: Option<&Ev>| e.map_or("nothing".to_string(), |e| e.to_string());
         note(
             problems,
             format!(
                 "{who}: event #{i} is {}, the history has {} (a gap, duplicate, reordering or \
                  wrong content)",
-                show(received.get(i)),
-                show(expected.get(i))
+                show(received.get(i).map(|(e, _)| *e)),
+                show(expected.get(i).copied())
             ),
         );
     }
@@ -368,6 +377,7 @@ mod tests {
         Resp {
             revision,
             events: events.to_vec(),
+            compacted: 0,
         }
     }
 
@@ -377,7 +387,7 @@ mod tests {
         assert!(check_history(&h, &written()).is_empty());
         let whole = seg(1, vec![resp(&h[..1], 2), resp(&h[1..3], 3), resp(&[], 3)]);
         let resumed = seg(3, vec![resp(&h[1..3], 3), resp(&h[3..], 4), resp(&[], 4)]);
-        let report = check_watchers(&h, &[whole, resumed], 0);
+        let report = check_watchers(&h, &[whole, resumed]);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(
             (report.streams, report.events, report.progress_notifications),
@@ -403,6 +413,31 @@ mod tests {
     }
 
     #[test]
+    fn prev_kv_may_be_missing_only_where_compacted() {
+        let h = history();
+        let mut got = h[3].clone();
+        got.prev = None;
+        // Its previous version is at 2: missing prev_kv is fine once 3 was compacted.
+        assert!(!same(&got, &h[3], 3));
+        assert!(same(&got, &h[3], 4));
+        let mut early = seg(4, vec![resp(&[got], 4)]);
+        assert!(!check_watchers(&h, &[early.clone()]).problems.is_empty());
+        early.segments[0].responses[0].compacted = 4;
+        assert!(check_watchers(&h, &[early]).problems.is_empty());
+    }
+
+    #[test]
+    fn a_compaction_cancel_only_below_the_compact_revision() {
+        let h = history();
+        let mut fine = seg(1, vec![resp(&h[..1], 2)]);
+        fine.segments[0].compacted = 4;
+        assert!(check_watchers(&h, &[fine]).problems.is_empty());
+        let mut spurious = seg(1, vec![resp(&h[..3], 3)]);
+        spurious.segments[0].compacted = 3;
+        assert!(!check_watchers(&h, &[spurious]).problems.is_empty());
+    }
+
+    #[test]
     fn gaps_duplicates_split_txns_and_early_progress_are_reported() {
         let h = history();
         let gap = seg(1, vec![resp(&h[..1], 2), resp(&h[3..], 4)]);
@@ -415,7 +450,7 @@ mod tests {
             ("split", split),
             ("early", early),
         ] {
-            let report = check_watchers(&h, &[log], 0);
+            let report = check_watchers(&h, &[log]);
             assert!(!report.problems.is_empty(), "{name} passed");
         }
     }

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 use crate::net::client_channel;
-use crate::watch_check::{Ev, Resp, Segment, WatchLog};
+use crate::watch_check::{same, Ev, Resp, Segment, WatchLog};
 use crate::workload::{now, sleep_until, Shared};
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(300);
@@ -67,6 +67,7 @@ async fn segment(
     start: i64,
     end: Duration,
     stop_at: i64,
+    shared: &Shared,
     upto: Option<&Cell<i64>>,
 ) -> Segment {
     let mut seg = Segment {
@@ -125,6 +126,13 @@ async fn segment(
                 seg.responses.push(Resp {
                     revision: resp.header.map_or(0, |h| h.revision),
                     events: resp.events.iter().map(event).collect(),
+                    compacted: shared
+                        .compactions
+                        .borrow()
+                        .iter()
+                        .copied()
+                        .max()
+                        .unwrap_or(0),
                 });
                 if let (Some(p), Some(kv)) = (upto, resp.events.last().and_then(|e| e.kv.as_ref()))
                 {
@@ -170,7 +178,7 @@ pub async fn watcher(
     while now() < until {
         let member = &shared.pick(&mut rng);
         let end = (now() + Duration::from_millis(rng.random_range(500..2500))).min(until);
-        let seg = segment(member, next, end, i64::MAX, None).await;
+        let seg = segment(member, next, end, i64::MAX, &shared, None).await;
         if let Some(last) = seg.responses.iter().flat_map(|r| &r.events).last() {
             next = last.mod_rev + 1;
         }
@@ -196,7 +204,23 @@ pub async fn recorder(seed: u64, until: Duration, shared: std::rc::Rc<Shared>) -
     while now() < until {
         let member = shared.pick(&mut rng);
         let next = shared.recorded_next.get();
-        let seg = segment(&member, next, until, i64::MAX, Some(&shared.recorded_next)).await;
+        let seg = segment(
+            &member,
+            next,
+            until,
+            i64::MAX,
+            &shared,
+            Some(&shared.recorded_next),
+        )
+        .await;
+        if seg.compacted > 0 {
+            // The compactor stays behind the recorder: this is the server's doing.
+            *shared.recorder_failed.borrow_mut() = Some(format!(
+                "the recorder, at revision {next}, was canceled as compacted at {} via {member}",
+                seg.compacted
+            ));
+            break;
+        }
         let opened = !seg.end.starts_with("not opened");
         shared
             .recorded
@@ -211,26 +235,59 @@ pub async fn recorder(seed: u64, until: Duration, shared: std::rc::Rc<Shared>) -
 }
 
 /// Every event up to `upto`: what the recorder got, then the rest read by a watch through
-/// `member`.
+/// `member`. That read starts just after the newest compaction asked for, so it also reads
+/// back, from the member's store, part of what the recorder got live; the two must agree.
 pub async fn full_history(member: &str, upto: i64, shared: &Shared) -> Result<Vec<Ev>, String> {
-    let mut events: Vec<Ev> = shared
-        .recorded
+    if let Some(e) = shared.recorder_failed.borrow().clone() {
+        return Err(e);
+    }
+    let next = shared.recorded_next.get().max(1);
+    let compacted = shared
+        .compactions
         .borrow()
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let from = (compacted + 1).min(next);
+    let read = if from <= upto {
+        history(member, from, upto, shared).await?
+    } else {
+        Vec::new()
+    };
+    let recorded = shared.recorded.borrow();
+    let live: Vec<&Ev> = recorded
+        .iter()
+        .filter(|e| e.mod_rev >= from && e.mod_rev < next && e.mod_rev <= upto)
+        .collect();
+    let stored: Vec<&Ev> = read.iter().take_while(|e| e.mod_rev < next).collect();
+    for i in 0..live.len().max(stored.len()) {
+        let agree = match (stored.get(i), live.get(i)) {
+            (Some(s), Some(l)) => same(s, l, compacted),
+            _ => false,
+        };
+        if !agree {
+            let show = |e: Option<&&Ev>| e.map_or("nothing".to_string(), |e| e.to_string());
+            return Err(format!(
+                "event #{i} from revision {from}: the recorder got {}, the store has {}",
+                show(live.get(i)),
+                show(stored.get(i))
+            ));
+        }
+    }
+    let mut events: Vec<Ev> = recorded
         .iter()
         .filter(|e| e.mod_rev <= upto)
         .cloned()
         .collect();
-    let next = shared.recorded_next.get().max(1);
-    if next <= upto {
-        events.extend(history(member, next, upto).await?);
-    }
+    events.extend(read.into_iter().filter(|e| e.mod_rev >= next));
     Ok(events)
 }
 
 /// Every event from revision `from` to `upto`, read by a watch through `member`.
-async fn history(member: &str, from: i64, upto: i64) -> Result<Vec<Ev>, String> {
+async fn history(member: &str, from: i64, upto: i64, shared: &Shared) -> Result<Vec<Ev>, String> {
     let deadline = now() + Duration::from_secs(20);
-    let seg = segment(member, from, deadline, upto, None).await;
+    let seg = segment(member, from, deadline, upto, shared, None).await;
     let end = seg.end;
     let mut events = Vec::new();
     for e in seg.responses.into_iter().flat_map(|r| r.events) {

@@ -58,6 +58,8 @@ pub struct Shared {
     /// The recorder's events, and the revision after its last one.
     pub recorded: RefCell<Vec<crate::watch_check::Ev>>,
     pub recorded_next: Cell<i64>,
+    /// Why the recorder stopped early, if it did.
+    pub recorder_failed: RefCell<Option<String>>,
     /// What the watchers received.
     pub watch_logs: RefCell<Vec<crate::watch_check::WatchLog>>,
     /// Every event up to the final revision, read at the end (or why it could not be).
