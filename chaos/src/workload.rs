@@ -327,7 +327,10 @@ pub async fn final_check(healed: Duration, shared: std::rc::Rc<Shared>) -> turmo
             loop {
                 hashes.clear();
                 for m in &members {
-                    hashes.push((m.clone(), hash_at(m, rev, deadline).await));
+                    // Each member gets time of its own: one that is stuck must not leave the
+                    // others unasked.
+                    let own = deadline.max(now() + Duration::from_secs(10));
+                    hashes.push((m.clone(), hash_at(m, rev, own).await));
                 }
                 let mut compacted = hashes.iter().map(|(_, h)| h.as_ref().map(|h| h.1));
                 let first = compacted.next();
@@ -392,5 +395,18 @@ async fn hash_at(member: &str, rev: i64, deadline: Duration) -> Result<(u32, i64
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(format!("did not reach revision {rev}: {last}"))
+    // What its Raft says, to tell a member cut off from one whose Raft is stuck.
+    let mut maintenance = MaintenanceClient::new(client_channel(member));
+    let status = match tokio::time::timeout(OP_TIMEOUT, maintenance.status(StatusRequest {})).await
+    {
+        Ok(Ok(s)) => {
+            let s = s.into_inner();
+            format!(
+                "leader {:x}, term {}, raft index {}, applied {}",
+                s.leader, s.raft_term, s.raft_index, s.raft_applied_index
+            )
+        }
+        _ => "no status".to_string(),
+    };
+    Err(format!("did not reach revision {rev}: {last}; {status}"))
 }
