@@ -102,11 +102,21 @@ pub struct NetworkFactory {
     pub transport: Transport,
 }
 
+/// Timed-out RPCs in a row after which the connection to a peer is replaced: one that stopped
+/// delivering without being closed (its peer's host vanished, or segments were lost) would
+/// otherwise stall every RPC until HTTP/2 keep-alive gives up on it, and keep-alive pings go
+/// out only while the connection is idle of data. At one RPC per heartbeat this is a couple
+/// of election timeouts.
+const REDIAL_AFTER_TIMEOUTS: u32 = 20;
+
 /// The connection to one peer.
 pub struct Network {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
     removed: Arc<Notify>,
+    url: Option<String>,
+    transport: Transport,
+    timeouts: u32,
 }
 
 /// A lazily connecting channel to a peer URL.
@@ -125,22 +135,30 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Network {
-        let client = node
-            .peer_urls
-            .first()
-            .ok_or_else(|| format!("member {target:x} has no peer URL"))
-            .and_then(|url| peer_channel(url, &self.transport))
-            .map(|ch| {
-                RaftClient::new(ch)
-                    .max_decoding_message_size(PEER_MESSAGE_MAX)
-                    .max_encoding_message_size(PEER_MESSAGE_MAX)
-            });
+        let url = node.peer_urls.first().cloned();
         Network {
             target,
-            client,
+            client: dial(target, url.as_deref(), &self.transport),
             removed: self.removed.clone(),
+            url,
+            transport: self.transport.clone(),
+            timeouts: 0,
         }
     }
+}
+
+fn dial(
+    target: NodeId,
+    url: Option<&str>,
+    transport: &Transport,
+) -> Result<RaftClient<Channel>, String> {
+    url.ok_or_else(|| format!("member {target:x} has no peer URL"))
+        .and_then(|url| peer_channel(url, transport))
+        .map(|ch| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(PEER_MESSAGE_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_MAX)
+        })
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
@@ -158,6 +176,30 @@ impl Network {
         self.client
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+    }
+
+    /// Counts timed-out RPCs in a row; replaces the connection after too many.
+    fn observe<T>(&mut self, result: &Result<T, Status>) {
+        match result {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                self.timeouts += 1;
+                if self.timeouts >= REDIAL_AFTER_TIMEOUTS {
+                    tracing::info!(
+                        peer = format!("{:x}", self.target),
+                        timeouts = self.timeouts,
+                        "peer connection stopped answering; dialing again"
+                    );
+                    self.client = dial(self.target, self.url.as_deref(), &self.transport);
+                    self.timeouts = 0;
+                }
+            }
+            _ => self.timeouts = 0,
+        }
     }
 
     fn remote<E>(&self, error: &[u8]) -> Option<RpcErr<E>>
@@ -206,12 +248,12 @@ impl RaftNetwork<TypeConfig> for Network {
             entries,
             leader_commit: log_id_to_pb(rpc.leader_commit),
         };
-        let resp = self
+        let result = self
             .client()?
             .append_entries(with_timeout(msg, &option))
-            .await
-            .map_err(transport_err)?
-            .into_inner();
+            .await;
+        self.observe(&result);
+        let resp = result.map_err(transport_err)?.into_inner();
         if let Some(e) = self.remote(&resp.error) {
             return Err(e);
         }
@@ -238,12 +280,12 @@ impl RaftNetwork<TypeConfig> for Network {
             data: rpc.data,
             done: rpc.done,
         };
-        let resp = self
+        let result = self
             .client()?
             .install_snapshot(with_timeout(msg, &option))
-            .await
-            .map_err(transport_err)?
-            .into_inner();
+            .await;
+        self.observe(&result);
+        let resp = result.map_err(transport_err)?.into_inner();
         if let Some(e) = self.remote(&resp.error) {
             return Err(e);
         }
@@ -261,7 +303,9 @@ impl RaftNetwork<TypeConfig> for Network {
             vote: Some(vote_to_pb(&rpc.vote)),
             last_log_id: log_id_to_pb(rpc.last_log_id),
         };
-        let resp = match self.client()?.vote(with_timeout(msg, &option)).await {
+        let result = self.client()?.vote(with_timeout(msg, &option)).await;
+        self.observe(&result);
+        let resp = match result {
             Ok(r) => r.into_inner(),
             Err(s) => {
                 if s.code() == tonic::Code::FailedPrecondition && s.message() == REMOVED {
