@@ -8,11 +8,18 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound once, then released for the server to take).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the kernel's ephemeral range (32768 and up), so that while a member is down no
+    // outgoing connection can take its port as a source port (a restart then failed with
+    // "Address already in use"). Handed out in turn, each checked free.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let offset = std::process::id() * 97;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20000 + ((offset + n) % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The cairn binary built for these tests.
