@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 /// A kind of fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// A minority of members cut off from the majority (clients still reach everyone).
     PartitionMinority,
@@ -49,7 +49,7 @@ const KINDS: [Kind; 9] = [
 ];
 
 /// One scheduled fault.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Fault {
     pub kind: Kind,
     pub start: Duration,

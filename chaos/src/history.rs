@@ -12,7 +12,7 @@ pub type Time = u64;
 pub const NEVER: Time = Time::MAX;
 
 /// What a client asked of one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Input {
     /// A linearizable get.
     Get,
@@ -23,7 +23,7 @@ pub enum Input {
 }
 
 /// What the client was told.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Output {
     Get(Option<String>),
     Put,
@@ -34,7 +34,7 @@ pub enum Output {
 }
 
 /// One operation on one key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Op {
     pub client: usize,
     /// The member asked.

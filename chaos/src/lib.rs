@@ -1,8 +1,8 @@
 //! Deterministic simulation of whole cairn clusters. The real server — Raft log, state machine,
 //! RocksDB, gRPC services — runs in turmoil hosts; only the network (turmoil's simulated TCP,
 //! through `raftlog::transport`) and the clock (tokio's paused clock, which turmoil drives) are
-//! swapped. A seed fixes the fault schedule, the clients' operations and the network's
-//! randomness; every history is checked.
+//! swapped. A run is a function of its seed (see `raftlog::determinism` and [`process`]); every
+//! history is checked.
 //!
 //! - [`net`]: turmoil's TCP as a cairn transport, and client channels over it.
 //! - [`cluster`]: a simulated member's configuration (the binary's own flags).
@@ -10,6 +10,7 @@
 //! - [`workload`]: the simulated clients (register workload, leader monitor, final check).
 //! - [`faults`]: which faults a seed schedules, and doing and undoing them.
 //! - [`run`]: one run of a scenario, and its outcome.
+//! - [`process`]: a run in a process of its own (what makes it replay exactly).
 //! - [`watcher`]: simulated watchers (resuming across members), and the final event history.
 //! - [`linearizability`]: the Wing–Gong/Porcupine checker over a register model, per key.
 //! - [`watch_check`]: etcd's watch guarantees, checked against the event history.
@@ -27,9 +28,11 @@ pub mod history;
 pub mod lease;
 pub mod linearizability;
 pub mod net;
+pub mod process;
 pub mod run;
 pub mod watch_check;
 pub mod watcher;
 pub mod workload;
 
+pub use process::run_in_child;
 pub use run::{run, Outcome, Scenario};

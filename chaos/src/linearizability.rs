@@ -16,7 +16,7 @@ use crate::history::{Input, Op, Output, NEVER};
 const SEARCH_BUDGET: usize = 2_000_000;
 
 /// No linearization exists for one key's operations.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Violation {
     pub key: String,
     /// The most operations any partial linearization placed, and the value after them.
@@ -43,7 +43,7 @@ impl fmt::Display for Violation {
 }
 
 /// The checker's answer for a whole history.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub keys: usize,
     pub ops: usize,

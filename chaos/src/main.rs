@@ -1,9 +1,11 @@
 //! `chaos`: runs simulated cairn clusters under faults and checks every history.
 //!
-//! - `soak --seeds N [--first S] [--jobs J]`: N seeds' short scenarios; prints one line per
-//!   seed (the full report and the replay command for a failure) and `N passed, M failed`.
+//! - `soak --seeds N [--first S] [--jobs J]`: N seeds' short scenarios, each in a process of
+//!   its own; prints one line per seed (the full report and the replay command for a failure)
+//!   and `N passed, M failed`.
 //! - `replay --seed S [--repeat N] [...]`: one scenario, with the server's logs
-//!   (`--log-level`); `--repeat` runs it again until it fails, up to N times.
+//!   (`--log-level`) and the run's fingerprint; `--repeat` runs it N times and checks that
+//!   every run went exactly the same way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
-use chaos::{run, Scenario};
+use chaos::{run_in_child, Scenario};
 
 #[derive(Parser)]
 #[command(
@@ -48,10 +50,19 @@ enum Command {
         /// Log level of the simulated members (error, warn, info, debug).
         #[arg(long, default_value = "warn")]
         log_level: String,
-        /// Runs it up to this many times, stopping at the first failure (a seed fixes the
-        /// script, not every interleaving; see the README).
+        /// Runs it this many times and checks that every run went exactly as the first (the
+        /// same fingerprint), stopping at the first failure.
         #[arg(long, default_value_t = 1)]
         repeat: u32,
+    },
+    /// Runs one scenario (JSON) in this process and prints its outcome as JSON (what `soak`
+    /// and `replay` start a process for).
+    #[command(hide = true)]
+    Child {
+        #[arg(long)]
+        scenario: String,
+        #[arg(long, default_value = "off")]
+        log_level: String,
     },
 }
 
@@ -94,7 +105,7 @@ fn main() -> anyhow::Result<()> {
             jobs,
             shape,
         } => {
-            logging("off");
+            let exe = std::env::current_exe()?;
             let started = Instant::now();
             let next = AtomicU64::new(first);
             let tally = Mutex::new(Tally::default());
@@ -105,7 +116,7 @@ fn main() -> anyhow::Result<()> {
                         if seed >= first + seeds {
                             return;
                         }
-                        let outcome = run(&shape.scenario(seed));
+                        let outcome = run_in_child(&exe, &shape.scenario(seed), "off");
                         print!("{outcome}");
                         tally.lock().expect("tally").add(&outcome);
                     });
@@ -141,9 +152,10 @@ fn main() -> anyhow::Result<()> {
             log_level,
             repeat,
         } => {
-            logging(&log_level);
+            let exe = std::env::current_exe()?;
+            let mut first = None;
             for attempt in 1..=repeat.max(1) {
-                let outcome = run(&shape.scenario(seed));
+                let outcome = run_in_child(&exe, &shape.scenario(seed), &log_level);
                 if repeat > 1 {
                     print!("attempt {attempt}: ");
                 }
@@ -154,7 +166,22 @@ fn main() -> anyhow::Result<()> {
                 for fault in &outcome.faults {
                     println!("  fault: {fault}");
                 }
+                let first = *first.get_or_insert(outcome.fingerprint);
+                if outcome.fingerprint != first {
+                    println!(
+                        "  this run went differently from the first ({first:016x}): the \
+                         simulation is not deterministic"
+                    );
+                    std::process::exit(1);
+                }
             }
+        }
+        Command::Child {
+            scenario,
+            log_level,
+        } => {
+            logging(&log_level);
+            chaos::process::child(&scenario)?;
         }
     }
     Ok(())
@@ -196,6 +223,20 @@ fn logging(level: &str) {
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_timer(SimulatedTime)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Stamps log lines with simulated time (the only time that means anything in a run, and the
+/// same in every replay).
+struct SimulatedTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>10.6}s", t.as_secs_f64()),
+            None => write!(w, "{:>11}", "-"),
+        }
+    }
 }

@@ -18,7 +18,7 @@ use crate::workload::{self, Shared};
 const TICK: Duration = Duration::from_millis(5);
 
 /// What to simulate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Scenario {
     pub seed: u64,
     pub members: usize,
@@ -70,7 +70,7 @@ impl Scenario {
 }
 
 /// What a run found.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub scenario: Scenario,
     pub faults: Vec<Fault>,
@@ -92,9 +92,30 @@ pub struct Outcome {
     pub hashes: Vec<(String, Result<(u32, i64), String>)>,
     /// The simulation itself failed (a member's software returned an error or panicked).
     pub error: Option<String>,
+    /// A digest of everything the run recorded, in order, and of when it ended: two runs of
+    /// one scenario with the same fingerprint went the same way.
+    pub fingerprint: u64,
 }
 
 impl Outcome {
+    /// The outcome of a run that could not be made or read: `error` says why.
+    pub fn failed(scenario: &Scenario, error: String) -> Outcome {
+        Outcome {
+            scenario: scenario.clone(),
+            faults: Vec::new(),
+            linearizability: Report::default(),
+            watch: WatchReport::default(),
+            changes: Vec::new(),
+            append: Vec::new(),
+            txns: 0,
+            lease: Vec::new(),
+            leases_checked: (0, 0),
+            hashes: Vec::new(),
+            error: Some(error),
+            fingerprint: 0,
+        }
+    }
+
     /// Whether every check passed.
     pub fn passed(&self) -> bool {
         self.error.is_none()
@@ -122,7 +143,7 @@ impl fmt::Display for Outcome {
         writeln!(
             f,
             "seed {}: {verdict} — {} members, {} faults, {} operations on {} keys, {} watch \
-             events in {} streams, {} transactions, {} leases ended checked",
+             events in {} streams, {} transactions, {} leases ended checked (run {:016x})",
             self.scenario.seed,
             self.scenario.members,
             self.faults.len(),
@@ -131,7 +152,8 @@ impl fmt::Display for Outcome {
             self.watch.events,
             self.watch.streams,
             self.txns,
-            self.leases_checked.0
+            self.leases_checked.0,
+            self.fingerprint
         )?;
         if self.passed() {
             return Ok(());
@@ -172,6 +194,15 @@ impl fmt::Display for Outcome {
 
 /// Runs one scenario to the end and checks it.
 pub fn run(scenario: &Scenario) -> Outcome {
+    // Members draw random numbers from the seed, run blocking work inline and read the
+    // simulated clock as the time of day, so the run is a function of the seed.
+    raftlog::determinism::enter(scenario.seed, || turmoil::sim_elapsed().unwrap_or_default());
+    let outcome = simulate(scenario);
+    raftlog::determinism::leave();
+    outcome
+}
+
+fn simulate(scenario: &Scenario) -> Outcome {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let members: Vec<String> = (1..=scenario.members).map(|i| format!("m{i}")).collect();
     let mut sim = turmoil::Builder::new()
@@ -288,12 +319,27 @@ pub fn run(scenario: &Scenario) -> Outcome {
         }
     };
     plan.truncate(next);
+    let ended = sim.elapsed();
     drop(sim);
     let history = std::mem::take(&mut shared.history.borrow_mut().ops);
     let events = shared.events.take();
-    let watch = check_watch(&shared, events.as_ref(), &history, error.is_some());
     let leases = shared.leases.take();
     let txns = shared.txns.take();
+    let hashes = shared.hashes.take();
+    let changes = shared.change_log.take();
+    let fingerprint = fingerprint(&(
+        ended,
+        &plan,
+        &history,
+        &events,
+        &txns,
+        &leases,
+        &*shared.watch_logs.borrow(),
+        &hashes,
+        &changes,
+        &error,
+    ));
+    let watch = check_watch(&shared, events.as_ref(), &history, error.is_some());
     let (lease, append) = match &events {
         Some(Ok(events)) => (
             crate::lease::check(&leases, events),
@@ -306,14 +352,30 @@ pub fn run(scenario: &Scenario) -> Outcome {
         faults: plan,
         linearizability: linearizability::check(&history),
         watch,
-        changes: shared.change_log.take(),
+        changes,
         lease,
         append,
         txns: txns.len(),
         leases_checked: (leases.gone.len(), leases.reads.len()),
-        hashes: shared.hashes.take(),
+        hashes,
         error,
+        fingerprint,
     }
+}
+
+/// A digest of `record`'s debug form (SipHash with fixed keys: the same in every run).
+fn fingerprint(record: &impl fmt::Debug) -> u64 {
+    use std::hash::Hasher;
+    struct Digest(std::hash::DefaultHasher);
+    impl fmt::Write for Digest {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.0.write(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut digest = Digest(std::hash::DefaultHasher::new());
+    fmt::write(&mut digest, format_args!("{record:?}")).expect("a digest takes any text");
+    digest.0.finish()
 }
 
 /// Names `count` client hosts `<prefix>0`, `<prefix>1`, …, and adds them to `hosts`.

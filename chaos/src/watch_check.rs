@@ -78,7 +78,7 @@ pub struct WatchLog {
 }
 
 /// What the watch checks found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct WatchReport {
     pub streams: usize,
     pub events: usize,

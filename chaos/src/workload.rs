@@ -4,7 +4,7 @@
 //! members to converge and compares their HashKV at one revision.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -42,7 +42,8 @@ pub struct Shared {
     pub active: Cell<usize>,
     /// Set when the final check is over: the monitor stops.
     pub done: Cell<bool>,
-    /// Every value any client sent in a write.
+    /// Every value any client sent in a write (only looked up during a run: a hash set's order
+    /// would differ between replays).
     pub written: RefCell<HashSet<String>>,
     /// The cluster's members now (membership changes update it).
     pub members: RefCell<Vec<String>>,
@@ -101,9 +102,9 @@ pub async fn register_client(
     shared: std::rc::Rc<Shared>,
 ) -> turmoil::Result {
     let mut rng = SmallRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut channels: HashMap<String, Channel> = HashMap::new();
+    let mut channels: BTreeMap<String, Channel> = BTreeMap::new();
     // The last value this client saw per key: what its compare-and-sets expect.
-    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
     sleep_until(start).await;
     let mut n = 0;
     while now() < until {
@@ -253,8 +254,8 @@ pub async fn compactor(
 /// Follows leadership: asks every member's Status (a local answer) every 100 ms and records
 /// the leader a member names, until the run is done.
 pub async fn monitor(shared: std::rc::Rc<Shared>) -> turmoil::Result {
-    let mut names: HashMap<u64, String> = HashMap::new();
-    let mut channels: HashMap<String, Channel> = HashMap::new();
+    let mut names: BTreeMap<u64, String> = BTreeMap::new();
+    let mut channels: BTreeMap<String, Channel> = BTreeMap::new();
     while !shared.done.get() {
         let members = shared.members.borrow().clone();
         for m in &members {

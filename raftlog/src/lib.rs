@@ -11,14 +11,19 @@
 //! - [`log_store`]: openraft's log storage over the WAL (one fdatasync per append).
 //! - [`state_machine`]: openraft's state machine over `store`, applied index in the same batch.
 //! - [`snapshot`]: snapshots as checkpoint archives: build, send, install (crash-safe).
+//! - [`snapshot_file`]: the file a snapshot travels in (inline I/O in a simulation).
 //! - [`network`]: the peer transport over gRPC, client and server halves.
 //! - [`transport`]: the network underneath: host TCP, or one the embedder supplies (simulation).
+//! - [`determinism`]: what a simulation controls so a member replays exactly (random draws,
+//!   blocking work, the wall clock).
 
+pub mod determinism;
 pub mod log_store;
 pub mod meta;
 pub mod network;
 pub mod proposal;
 pub mod snapshot;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod transport;
 pub mod types;

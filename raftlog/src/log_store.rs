@@ -16,12 +16,13 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::meta;
 use crate::proposal::{decode_wal_entry, encode_wal_entry};

@@ -19,6 +19,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::meta;
+use crate::snapshot_file::SnapshotFile;
 use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const RECEIVING: &str = "receiving.part";
@@ -115,7 +116,7 @@ impl SnapshotFiles {
         let Some((name, m)) = self.newest().map_err(snap_err)? else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(self.archive(&name))
+        let file = SnapshotFile::open(&self.archive(&name))
             .await
             .map_err(snap_err)?;
         Ok(Some(Snapshot {
@@ -124,13 +125,8 @@ impl SnapshotFiles {
         }))
     }
 
-    pub async fn begin_receiving(&self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(self.dir.join(RECEIVING))
+    pub async fn begin_receiving(&self) -> Result<Box<SnapshotFile>, StorageError> {
+        let file = SnapshotFile::create(&self.dir.join(RECEIVING))
             .await
             .map_err(snap_err)?;
         Ok(Box::new(file))
@@ -140,7 +136,7 @@ impl SnapshotFiles {
     pub async fn install(
         &self,
         m: &SnapshotMeta,
-        mut file: Box<tokio::fs::File>,
+        mut file: Box<SnapshotFile>,
         writer: &mut Writer,
     ) -> Result<(), StorageError> {
         // The data is read back through the handle openraft gives, wherever it was written.
@@ -150,7 +146,7 @@ impl SnapshotFiles {
             .map_err(snap_err)?;
         let name = name_of(m.last_log_id);
         let tmp = self.dir.join(format!("{name}.snap.tmp"));
-        let mut out = tokio::fs::File::create(&tmp).await.map_err(snap_err)?;
+        let mut out = SnapshotFile::create(&tmp).await.map_err(snap_err)?;
         tokio::io::copy(&mut *file, &mut out)
             .await
             .map_err(snap_err)?;
@@ -246,7 +242,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let name = m.snapshot_id.clone();
         let archive = files.archive(&name);
         let tmp = files.dir.join(format!("{name}.snap.tmp"));
-        let size = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+        let size = crate::determinism::blocking(move || -> Result<u64, String> {
             let size = store::snapshot::pack(&checkpoint, &tmp).map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, &archive).map_err(|e| e.to_string())?;
             std::fs::remove_dir_all(&checkpoint).map_err(|e| e.to_string())?;
@@ -257,7 +253,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(snap_err)?
         .map_err(snap_err)?;
         tracing::info!(snapshot = %self.meta.snapshot_id, bytes = size, "built snapshot");
-        let file = tokio::fs::File::open(self.files.archive(&self.meta.snapshot_id))
+        let file = SnapshotFile::open(&self.files.archive(&self.meta.snapshot_id))
             .await
             .map_err(snap_err)?;
         Ok(Snapshot {

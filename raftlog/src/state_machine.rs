@@ -20,6 +20,7 @@ use store::{Applied, Store, WriteRequest, Writer};
 use tokio::sync::watch;
 
 use crate::snapshot::{SnapshotBuilder, SnapshotFiles};
+use crate::snapshot_file::SnapshotFile;
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -256,14 +257,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         )
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
         self.snapshots.begin_receiving().await
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         self.snapshots
             .install(meta, snapshot, &mut self.writer)

@@ -20,8 +20,8 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        SnapshotData = crate::snapshot_file::SnapshotFile,
+        AsyncRuntime = crate::determinism::Runtime,
 );
 
 /// A member as the membership config records it (etcd's `Member` minus the ID, which is the

@@ -81,7 +81,7 @@ impl Applier {
     ) -> Applier {
         // etcd's request ID scheme: the member's low 16 bits, then time, then a counter, so IDs
         // from different members and from this member's previous runs do not collide.
-        let millis = std::time::SystemTime::now()
+        let millis = raftlog::determinism::wall_clock()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;

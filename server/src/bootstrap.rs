@@ -243,6 +243,7 @@ pub async fn serve_peers(
     ))
     .max_decoding_message_size(raftlog::network::PEER_MESSAGE_MAX);
     let server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(crate::date::simulated))
         .add_service(RaftService::new(raft, store).into_server())
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, async move {

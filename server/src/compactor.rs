@@ -35,7 +35,7 @@ impl Compactor {
                     },
                 };
                 let s = store.clone();
-                match tokio::task::spawn_blocking(move || s.compact_physical(rev)).await {
+                match raftlog::determinism::blocking(move || s.compact_physical(rev)).await {
                     Ok(Ok(_)) => {
                         let _ = tx.send(rev);
                     }

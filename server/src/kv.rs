@@ -65,7 +65,7 @@ async fn on_store<T: Send + 'static>(
         return read(&node.store).map_err(errors::from_store);
     }
     let store = node.store.clone();
-    tokio::task::spawn_blocking(move || read(&store))
+    raftlog::determinism::blocking(move || read(&store))
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(errors::from_store)

@@ -203,7 +203,7 @@ impl Lease for LeaseService {
 /// A random positive lease ID. Lease IDs are the proposer's choice, carried in the entry.
 fn random_lease_id() -> i64 {
     loop {
-        let id = rand::random::<i64>() & i64::MAX;
+        let id = raftlog::determinism::random_u64() as i64 & i64::MAX;
         if id != 0 {
             return id;
         }

@@ -17,6 +17,7 @@
 //! - [`validate`]: etcd's request checks before proposing.
 //! - [`errors`]: etcd's gRPC codes and messages.
 //! - [`grpc_status`]: transport statuses reworded as etcd's transport words them.
+//! - [`date`]: the `date` header in a simulation (from the simulated clock).
 //! - [`kv`], [`watch`], [`lease`], [`cluster`], [`maintenance`], [`auth`]: one file per
 //!   etcd service.
 //! - [`http`]: `/health`, `/version`, `/metrics`.
@@ -30,6 +31,7 @@ pub mod bootstrap;
 pub mod cluster;
 pub mod compactor;
 pub mod config;
+pub mod date;
 pub mod errors;
 pub mod grpc_status;
 pub mod http;

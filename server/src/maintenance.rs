@@ -133,7 +133,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.node.reject_learner()?;
         let store = self.node.store.clone();
-        tokio::task::spawn_blocking(move || store.defragment())
+        raftlog::determinism::blocking(move || store.defragment())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(errors::from_store)?;
@@ -146,7 +146,7 @@ impl Maintenance for MaintenanceService {
         self.node.reject_learner()?;
         let store = self.node.store.clone();
         let rev = store.current_revision();
-        let hash = tokio::task::spawn_blocking(move || store.hash_all())
+        let hash = raftlog::determinism::blocking(move || store.hash_all())
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(errors::from_store)?;
@@ -165,7 +165,7 @@ impl Maintenance for MaintenanceService {
         let store = self.node.store.clone();
         let current = store.current_revision();
         let (hash, compact_revision, hash_revision) =
-            tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            raftlog::determinism::blocking(move || store.hash_kv(rev))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(errors::from_store)?;
@@ -194,12 +194,12 @@ impl Maintenance for MaintenanceService {
         // published before it was taken (the checkpoint holds at least that).
         let rev = self.node.store.current_revision();
         let (store, cp) = (self.node.store.clone(), checkpoint.clone());
-        tokio::task::spawn_blocking(move || store.checkpoint(&cp))
+        raftlog::determinism::blocking(move || store.checkpoint(&cp))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(errors::from_store)?;
         let (cp, ar) = (checkpoint.clone(), archive.clone());
-        let packed = tokio::task::spawn_blocking(move || {
+        let packed = raftlog::determinism::blocking(move || {
             let r = store::snapshot::pack(&cp, &ar);
             let _ = std::fs::remove_dir_all(&cp);
             r

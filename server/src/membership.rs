@@ -67,7 +67,7 @@ fn node_of(m: &MemberAttrs) -> Member {
 
 /// etcd's ID for a member added at run time: SHA-1 over its sorted peer URLs and the time.
 fn new_member_id(peer_urls: &[String]) -> u64 {
-    let secs = std::time::SystemTime::now()
+    let secs = raftlog::determinism::wall_clock()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();

@@ -78,6 +78,7 @@ pub async fn run(
         &kv,
         &BackendOptions {
             block_cache_bytes: config.block_cache_bytes,
+            background_compactions: !raftlog::determinism::simulated(),
         },
     )?;
     let identity = bootstrap::identity(&config).await?;
@@ -237,6 +238,7 @@ pub async fn run(
         .layer(tower::util::MapResponseLayer::new(
             crate::grpc_status::etcd_compatible,
         ))
+        .layer(tower::util::MapResponseLayer::new(crate::date::simulated))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;

@@ -291,7 +291,7 @@ impl WatchStream {
                 w.key.clone(),
                 w.end.clone(),
             );
-            let read = tokio::task::spawn_blocking(move || {
+            let read = raftlog::determinism::blocking(move || {
                 store.history(from, current, CATCH_UP_EVENTS_MAX, |k| {
                     end.contains(&key, k)
                 })

@@ -33,12 +33,18 @@ pub const META_APPLIED_INDEX: &[u8] = b"applied_index";
 pub struct BackendOptions {
     /// Capacity of the shared block cache; bounds read-side memory whatever the key count.
     pub block_cache_bytes: usize,
+    /// Whether RocksDB compacts on its own threads when it sees fit. Off, the files change
+    /// only when asked (flush, `compact_range`), at points that do not depend on thread
+    /// timing; a simulation needs that so a snapshot (a checkpoint of the files) is the same
+    /// in every replay.
+    pub background_compactions: bool,
 }
 
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions {
             block_cache_bytes: 64 << 20,
+            background_compactions: true,
         }
     }
 }
@@ -55,6 +61,9 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
         o.set_block_based_table_factory(&table);
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
         o.set_write_buffer_size(32 << 20);
+        // (RocksDB also skips its level-0 write stalls then, so writes never wait for a
+        // compaction that will not come.)
+        o.set_disable_auto_compactions(!opts.background_compactions);
         o
     };
     let mut db_opts = Options::default();
