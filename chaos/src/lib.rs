@@ -35,4 +35,9 @@ pub mod watcher;
 pub mod workload;
 
 pub use process::run_in_child;
+
+/// Whether this build has `--cfg tokio_unstable` (set by the repository's `.cargo/config.toml`;
+/// a `RUSTFLAGS` variable replaces it). turmoil needs it to seed each host's runtime: without
+/// it, `select!` polls in a random order and runs do not replay exactly.
+pub const SEEDED_RUNTIMES: bool = cfg!(tokio_unstable);
 pub use run::{run, Outcome, Scenario};

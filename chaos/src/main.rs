@@ -98,7 +98,14 @@ impl Shape {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if !chaos::SEEDED_RUNTIMES && !matches!(cli.command, Command::Child { .. }) {
+        eprintln!(
+            "warning: built without --cfg tokio_unstable (is RUSTFLAGS set? it replaces \
+             .cargo/config.toml's flags): runs will not replay exactly"
+        );
+    }
+    match cli.command {
         Command::Soak {
             seeds,
             first,

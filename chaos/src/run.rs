@@ -93,7 +93,8 @@ pub struct Outcome {
     /// The simulation itself failed (a member's software returned an error or panicked).
     pub error: Option<String>,
     /// A digest of everything the run recorded, in order, and of when it ended: two runs of
-    /// one scenario with the same fingerprint went the same way.
+    /// one scenario with the same fingerprint went the same way. (Comparable only between
+    /// runs of one build: the digest is std's SipHash, whose algorithm may change.)
     pub fingerprint: u64,
 }
 
@@ -196,10 +197,9 @@ impl fmt::Display for Outcome {
 pub fn run(scenario: &Scenario) -> Outcome {
     // Members draw random numbers from the seed, run blocking work inline and read the
     // simulated clock as the time of day, so the run is a function of the seed.
-    raftlog::determinism::enter(scenario.seed, || turmoil::sim_elapsed().unwrap_or_default());
-    let outcome = simulate(scenario);
-    raftlog::determinism::leave();
-    outcome
+    let _simulation =
+        raftlog::determinism::enter(scenario.seed, || turmoil::sim_elapsed().unwrap_or_default());
+    simulate(scenario)
 }
 
 fn simulate(scenario: &Scenario) -> Outcome {

@@ -107,6 +107,10 @@ fn seeds_that_once_failed_pass_and_replay_exactly() {
     // blown up by timed-out writes; 90275 more held connection attempts than turmoil's
     // default listener queue. Each runs twice, at the same time on two threads, and both runs
     // must go exactly the same way.
+    assert!(
+        chaos::SEEDED_RUNTIMES,
+        "built without --cfg tokio_unstable (a RUSTFLAGS variable replaces .cargo/config.toml's)"
+    );
     let seeds = [60902, 39, 30254, 1244, 15, 90275];
     let outcomes = run_seeds(seeds.len() as u64 * 2, |i| {
         Scenario::short(seeds[i as usize / 2])

@@ -14,8 +14,10 @@
 //! Two more switches key off [`simulated`]: the server stamps responses' `date` header from
 //! this clock (`server::date`), and turns RocksDB's background compactions off, since they
 //! change the files a snapshot ships at times the OS decides. The rest of a simulated member
-//! is deterministic already: turmoil's network and paused clock, and tokio runtimes whose
-//! `select!` order turmoil seeds.
+//! is deterministic already — turmoil's network and paused clock, and tokio runtimes whose
+//! `select!` order turmoil seeds — except for two real-clock readings inside the HTTP/2
+//! libraries: h2 forgets a reset stream after one real second, and tonic's own
+//! deadline-exceeded responses carry hyper's `date` header.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -40,19 +42,26 @@ thread_local! {
 const SIMULATED_EPOCH: Duration = Duration::from_secs(1_700_000_000);
 
 /// Makes this thread a simulation's: random draws from `seed`, blocking work inline, and
-/// `clock` (simulated time since the start) as the wall clock. Lasts until [`leave`].
-pub fn enter(seed: u64, clock: fn() -> Duration) {
+/// `clock` (simulated time since the start) as the wall clock — until the returned guard is
+/// dropped (also when a panic unwinds past it).
+#[must_use = "the simulation ends when the guard is dropped"]
+pub fn enter(seed: u64, clock: fn() -> Duration) -> Entered {
     SIMULATION.with(|s| {
         *s.borrow_mut() = Some(Simulation {
             rng: StdRng::seed_from_u64(seed),
             clock,
         })
     });
+    Entered(std::marker::PhantomData)
 }
 
-/// Ends what [`enter`] began on this thread.
-pub fn leave() {
-    SIMULATION.with(|s| *s.borrow_mut() = None);
+/// Ends, when dropped, what [`enter`] began on this thread (it cannot leave the thread).
+pub struct Entered(std::marker::PhantomData<*const ()>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        SIMULATION.with(|s| *s.borrow_mut() = None);
+    }
 }
 
 /// Whether this thread runs a simulation.
@@ -73,17 +82,31 @@ pub fn random_u64() -> u64 {
     Runtime::thread_rng().next_u64()
 }
 
-/// Runs blocking work `f` on tokio's blocking threads, or inline in a simulation. The error is
-/// the blocking task's (it panicked, or the runtime shut down under it).
-pub async fn blocking<F, R>(f: F) -> Result<R, tokio::task::JoinError>
+/// Blocking work that did not finish: it panicked, or the runtime shut down under it.
+#[derive(Debug, thiserror::Error)]
+#[error("blocking task failed: {0}")]
+pub struct BlockingError(String);
+
+/// Runs blocking work `f` on tokio's blocking threads, or inline in a simulation; either way a
+/// panic in `f` is returned as an error, not propagated.
+pub async fn blocking<F, R>(f: F) -> Result<R, BlockingError>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
     if simulated() {
-        return Ok(f());
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|m| m.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            BlockingError(format!("panicked: {message}"))
+        });
     }
-    tokio::task::spawn_blocking(f).await
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BlockingError(e.to_string()))
 }
 
 /// Random numbers for openraft: the thread's OS-seeded generator, or the simulation's.
@@ -207,22 +230,29 @@ mod tests {
 
     #[test]
     fn a_simulation_draws_from_its_seed_and_shows_its_clock() {
-        enter(7, five_seconds);
+        let sim = enter(7, five_seconds);
         let first = draws();
         assert_eq!(
             wall_clock(),
             UNIX_EPOCH + SIMULATED_EPOCH + Duration::from_secs(5)
         );
-        enter(7, five_seconds);
+        drop(sim);
+        let sim = enter(7, five_seconds);
         assert_eq!(draws(), first, "the same seed draws the same numbers");
-        enter(8, five_seconds);
+        drop(sim);
+        let sim = enter(8, five_seconds);
         assert_ne!(draws(), first, "another seed draws others");
-        leave();
-        let skew = wall_clock().duration_since(SystemTime::now());
+        drop(sim);
+        assert!(!simulated());
+        let skew = SystemTime::now().duration_since(wall_clock());
         assert!(
             skew.unwrap_or_default() < Duration::from_secs(1),
             "the system's clock again"
         );
+    }
+
+    fn out_of_space() -> u8 {
+        panic!("no space")
     }
 
     #[test]
@@ -233,9 +263,14 @@ mod tests {
         let here = std::thread::current().id();
         let on_pool = rt.block_on(blocking(move || std::thread::current().id() != here));
         assert!(on_pool.unwrap(), "outside a simulation: a blocking thread");
-        enter(1, five_seconds);
+        let sim = enter(1, five_seconds);
         let inline = rt.block_on(blocking(move || std::thread::current().id() == here));
-        leave();
+        let panicked = rt.block_on(blocking(out_of_space));
+        drop(sim);
         assert!(inline.unwrap(), "in a simulation: this thread");
+        let e = panicked.expect_err("a panic is an error");
+        assert!(e.to_string().contains("no space"), "{e}");
+        let threaded = rt.block_on(blocking(out_of_space));
+        assert!(threaded.is_err(), "outside a simulation too");
     }
 }

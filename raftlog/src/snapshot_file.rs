@@ -144,10 +144,10 @@ mod tests {
     async fn both_kinds_write_seek_and_read_alike() {
         let dir = tempfile::tempdir().unwrap();
         let threaded = round_trip(&dir.path().join("a")).await;
-        crate::determinism::enter(1, || std::time::Duration::ZERO);
+        let sim = crate::determinism::enter(1, || std::time::Duration::ZERO);
         let inline = round_trip(&dir.path().join("b")).await;
         let kind = SnapshotFile::open(&dir.path().join("b")).await.unwrap();
-        crate::determinism::leave();
+        drop(sim);
         assert!(matches!(kind, SnapshotFile::Inline { .. }));
         assert_eq!(threaded, b"bytes");
         assert_eq!(inline, threaded);

@@ -1,6 +1,6 @@
 //! Physical compaction and auto-compaction. Compactions are applied logically by the pipeline;
-//! this task then removes the unreachable history on the blocking pool, never in the write
-//! path. Auto-compaction proposes compactions as etcd's `--auto-compaction-*` flags describe.
+//! this task then removes the unreachable history on the blocking pool (inline in a
+//! simulation), never in the write path. Auto-compaction proposes compactions as etcd's `--auto-compaction-*` flags describe.
 
 use std::collections::VecDeque;
 

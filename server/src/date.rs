@@ -26,9 +26,9 @@ mod tests {
     #[test]
     fn only_a_simulation_sets_the_date() {
         assert!(simulated(Response::new(())).headers().get(DATE).is_none());
-        raftlog::determinism::enter(1, || std::time::Duration::from_secs(3));
+        let sim = raftlog::determinism::enter(1, || std::time::Duration::from_secs(3));
         let resp = simulated(Response::new(()));
-        raftlog::determinism::leave();
+        drop(sim);
         assert_eq!(resp.headers()[DATE], "Tue, 14 Nov 2023 22:13:23 GMT");
     }
 }

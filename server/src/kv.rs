@@ -55,7 +55,8 @@ pub async fn read_range(node: &Arc<Node>, r: RangeRequest) -> Result<RangeRespon
 }
 
 /// Runs a read on the store: here if it is `small` (a single key: a few microseconds), else
-/// on the blocking pool, off the async workers.
+/// on the blocking pool, off the async workers (inline in a simulation: see
+/// `raftlog::determinism`).
 async fn on_store<T: Send + 'static>(
     node: &Arc<Node>,
     small: bool,

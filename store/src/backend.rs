@@ -33,10 +33,11 @@ pub const META_APPLIED_INDEX: &[u8] = b"applied_index";
 pub struct BackendOptions {
     /// Capacity of the shared block cache; bounds read-side memory whatever the key count.
     pub block_cache_bytes: usize,
-    /// Whether RocksDB compacts on its own threads when it sees fit. Off, the files change
-    /// only when asked (flush, `compact_range`), at points that do not depend on thread
-    /// timing; a simulation needs that so a snapshot (a checkpoint of the files) is the same
-    /// in every replay.
+    /// Whether RocksDB compacts on its own threads when it sees fit. Off, files are merged
+    /// only when asked (`compact_range`), so which files a checkpoint holds, and their sizes,
+    /// do not depend on thread timing; a simulation needs that for a snapshot to travel the
+    /// same way in every replay. (Flushes still run on RocksDB's threads, but a full memtable
+    /// is the only thing that starts one unasked.)
     pub background_compactions: bool,
 }
 

@@ -20,7 +20,14 @@ impl Writer {
     /// Replaces the store's contents with those of the store in `src` (a checkpoint), makes
     /// them durable, and publishes the new state: current and compacted revision included.
     pub fn restore_from(&mut self, src: &Path) -> Result<()> {
-        let source = backend::open(src, &BackendOptions::default())?;
+        // Read once and thrown away: nothing to gain from compacting it meanwhile.
+        let source = backend::open(
+            src,
+            &BackendOptions {
+                background_compactions: false,
+                ..BackendOptions::default()
+            },
+        )?;
         // Readers and physical compaction wait until the store is whole again.
         let inner = self.store.inner.clone();
         let _restoring = inner.restoring.write().unwrap_or_else(|e| e.into_inner());
