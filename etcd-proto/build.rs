@@ -6,6 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // A key-value's key and value are `Bytes`: a watch event goes to every watcher of its
+        // key, and copying it per watcher is a reference count, not two allocations.
+        .bytes(".mvccpb.KeyValue.key")
+        .bytes(".mvccpb.KeyValue.value")
         .compile_protos(
             &[
                 "proto/rpc.proto",

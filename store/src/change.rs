@@ -106,14 +106,14 @@ impl<'a> Change<'a> {
         }
         let value = match (&prev, p.ignore_value) {
             (Some(prev), true) => prev.value.clone(),
-            _ => p.value.clone(),
+            _ => p.value.clone().into(),
         };
         let lease = match (&prev, p.ignore_lease) {
             (Some(prev), true) => prev.lease,
             _ => p.lease,
         };
         let kv = KeyValue {
-            key: p.key.clone(),
+            key: p.key.clone().into(),
             create_revision: prev.as_ref().map_or(self.rev, |k| k.create_revision),
             mod_revision: self.rev,
             version: prev.as_ref().map_or(1, |k| k.version + 1),
@@ -190,7 +190,7 @@ impl<'a> Change<'a> {
         };
         self.write_version(&tomb, true);
         let event_prev = self.event_prev(&prev.key, Some(&prev))?;
-        self.overlay.insert(prev.key.clone(), None);
+        self.overlay.insert(prev.key.to_vec(), None);
         self.events.push(Event {
             r#type: EventType::Delete as i32,
             kv: Some(tomb),
@@ -371,7 +371,7 @@ fn merge_overlay(
         return base;
     }
     let mut merged: BTreeMap<Vec<u8>, KeyValue> =
-        base.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        base.into_iter().map(|kv| (kv.key.to_vec(), kv)).collect();
     for (k, v) in overlay.iter().filter(|(k, _)| end.contains(start, k)) {
         match v {
             Some(kv) => merged.insert(k.clone(), kv.clone()),

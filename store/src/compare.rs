@@ -22,7 +22,7 @@ fn holds_one(c: &Compare, kv: &KeyValue) -> bool {
     // As etcd: a union of the wrong kind for the target compares as zero (Equal for VALUE).
     let ord = match CompareTarget::try_from(c.target) {
         Ok(CompareTarget::Value) => match &c.target_union {
-            Some(TargetUnion::Value(v)) => kv.value.as_slice().cmp(v.as_slice()),
+            Some(TargetUnion::Value(v)) => kv.value[..].cmp(v.as_slice()),
             _ => Ordering::Equal,
         },
         Ok(CompareTarget::Version) => kv.version.cmp(&match c.target_union {
@@ -105,12 +105,12 @@ mod tests {
     #[test]
     fn ranged_compare_needs_every_key() {
         let a = KeyValue {
-            key: b"a".to_vec(),
+            key: b"a".to_vec().into(),
             version: 1,
             ..Default::default()
         };
         let b = KeyValue {
-            key: b"b".to_vec(),
+            key: b"b".to_vec().into(),
             version: 3,
             ..Default::default()
         };
@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn value_compares_bytewise() {
         let kv = KeyValue {
-            value: b"abc".to_vec(),
+            value: b"abc".to_vec().into(),
             ..Default::default()
         };
         assert!(holds(

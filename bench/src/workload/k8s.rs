@@ -325,7 +325,7 @@ async fn one_op(
                 }
                 match resp.kvs.last() {
                     Some(last) if resp.more => {
-                        key = last.key.clone();
+                        key = last.key.to_vec();
                         key.push(0);
                     }
                     _ => return Ok(Some("list")),

@@ -159,7 +159,7 @@ async fn known_revisions(
         }
         match resp.kvs.last() {
             Some(last) if resp.more => {
-                from = last.key.clone();
+                from = last.key.to_vec();
                 from.push(0);
             }
             _ => return Ok(out),

@@ -212,7 +212,7 @@ pub async fn check_acked(endpoint: &str, acked: &[(String, String, i64)]) {
             .first()
             .unwrap_or_else(|| panic!("{endpoint}: {key}@{rev} missing"));
         assert_eq!(
-            (kv.value.as_slice(), kv.mod_revision),
+            (&kv.value[..], kv.mod_revision),
             (value.as_bytes(), *rev),
             "{endpoint}: {key}@{rev}"
         );

@@ -102,7 +102,7 @@ async fn acknowledged_writes_survive_kill() {
                 .pop()
                 .expect("history kept");
         assert_eq!(
-            (kv.mod_revision, kv.value.as_slice()),
+            (kv.mod_revision, &kv.value[..]),
             (*rev, value.as_bytes())
         );
     }

@@ -279,7 +279,7 @@ fn norm_ties(req: &RangeRequest, resp: &mut RangeResponse) {
             SortTarget::Version => (kv.version, vec![]),
             SortTarget::Create => (kv.create_revision, vec![]),
             SortTarget::Mod => (kv.mod_revision, vec![]),
-            _ => (0, kv.value.clone()),
+            _ => (0, kv.value.to_vec()),
         }
     };
     if resp.more {
@@ -287,7 +287,7 @@ fn norm_ties(req: &RangeRequest, resp: &mut RangeResponse) {
             let (n, v) = value(kv);
             *kv = etcd_proto::mvccpb::KeyValue {
                 version: n,
-                value: v,
+                value: v.into(),
                 ..Default::default()
             };
         }

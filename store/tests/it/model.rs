@@ -71,11 +71,11 @@ impl Model {
                 Some(v) => {
                     let prev = self.live_at(key, next);
                     let kv = KeyValue {
-                        key: key.clone(),
+                        key: key.clone().into(),
                         create_revision: prev.as_ref().map_or(next, |p| p.create_revision),
                         mod_revision: next,
                         version: prev.as_ref().map_or(1, |p| p.version + 1),
-                        value: v.clone(),
+                        value: v.clone().into(),
                         lease: 0,
                     };
                     self.history

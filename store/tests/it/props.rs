@@ -229,7 +229,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             } else {
                 None
             };
-            (kv.mod_revision, kv.key, live)
+            (kv.mod_revision, kv.key.to_vec(), live)
         })
         .collect();
     got.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));

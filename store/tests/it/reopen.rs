@@ -72,7 +72,7 @@ fn lease_revoke_deletes_attached_keys_in_one_revision() {
     let deleted: Vec<_> = applied
         .events
         .iter()
-        .map(|e| (e.r#type, e.kv.as_ref().unwrap().key.clone()))
+        .map(|e| (e.r#type, e.kv.as_ref().unwrap().key.to_vec()))
         .collect();
     assert_eq!(deleted, vec![(1, b"x".to_vec()), (1, b"z".to_vec())]);
     assert_eq!(store.scan(b"\0", b"\0", 0, 0, false).unwrap().0.count, 1);
