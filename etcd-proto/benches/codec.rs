@@ -13,7 +13,9 @@ use prost::Message;
 
 fn kv(i: usize, value: usize) -> KeyValue {
     KeyValue {
-        key: format!("/registry/pods/default/pod-{i:06}").into_bytes().into(),
+        key: format!("/registry/pods/default/pod-{i:06}")
+            .into_bytes()
+            .into(),
         create_revision: 1000 + i as i64,
         mod_revision: 2000 + i as i64,
         version: 3,

@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use etcd_proto::etcdserverpb::watch_create_request::FilterType;
 use etcd_proto::etcdserverpb::watch_request::RequestUnion;
 use etcd_proto::etcdserverpb::watch_server::Watch;
-use etcd_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
-use etcd_proto::mvccpb::{event::EventType, Event};
+use etcd_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
+use etcd_proto::mvccpb::{event::EventType, Event, KeyValue};
 use futures::StreamExt;
 use prost::Message;
 use store::mvcc::RangeEnd;
@@ -104,6 +105,29 @@ impl Watcher {
     }
 }
 
+/// `e` with its own buffers (not sharing reference counts with `e`'s).
+fn deep_copy(e: &Event) -> Event {
+    let copy = |kv: &KeyValue| KeyValue {
+        key: Bytes::copy_from_slice(&kv.key),
+        value: Bytes::copy_from_slice(&kv.value),
+        ..*kv
+    };
+    Event {
+        r#type: e.r#type,
+        kv: e.kv.as_ref().map(copy),
+        prev_kv: e.prev_kv.as_ref().map(copy),
+    }
+}
+
+/// A response to watcher `watch_id` (or the stream) with `header`.
+fn with_header(watch_id: i64, header: ResponseHeader) -> WatchResponse {
+    WatchResponse {
+        header: Some(header),
+        watch_id,
+        ..Default::default()
+    }
+}
+
 /// The client went away; the stream task ends.
 struct Closed;
 
@@ -160,11 +184,7 @@ impl WatchStream {
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
-        WatchResponse {
-            header: Some(self.node.header(revision)),
-            watch_id,
-            ..Default::default()
-        }
+        with_header(watch_id, self.node.header(revision))
     }
 
     async fn handle(
@@ -325,7 +345,8 @@ impl WatchStream {
                 .map(|e| w.shape(e))
                 .collect();
             let to_rev = history.next - 1;
-            self.send_events(id, events, to_rev).await?;
+            self.send_events(id, events, self.node.header(to_rev))
+                .await?;
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.next_rev = history.next;
             }
@@ -338,19 +359,30 @@ impl WatchStream {
             // the store's history, not in the hub.
             return self.catch_up_all().await;
         }
+        // One header for the whole batch: reading the Raft term per watcher costs a lock.
+        let header = self.node.header(batch.to_rev);
+        // With several watchers here, each gets a reference-counted copy of the events: take
+        // them from a copy of this stream's own, so the counts are not one cache line that
+        // every stream's thread writes.
+        let own;
+        let events = if self.watchers.len() > 1 {
+            own = batch.events.iter().map(deep_copy).collect::<Vec<_>>();
+            &own
+        } else {
+            &batch.events
+        };
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let w = self.watchers.get(&id).expect("present");
             if batch.to_rev < w.next_rev {
                 continue;
             }
-            let events: Vec<Event> = batch
-                .events
+            let events: Vec<Event> = events
                 .iter()
                 .filter(|e| w.wants(e))
                 .map(|e| w.shape(e))
                 .collect();
-            self.send_events(id, events, batch.to_rev).await?;
+            self.send_events(id, events, header.clone()).await?;
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.next_rev = batch.to_rev + 1;
             }
@@ -364,7 +396,7 @@ impl WatchStream {
         &mut self,
         id: i64,
         events: Vec<Event>,
-        revision: i64,
+        header: ResponseHeader,
     ) -> Result<(), Closed> {
         if events.is_empty() {
             return Ok(());
@@ -374,7 +406,7 @@ impl WatchStream {
         };
         w.sent_since_tick = true;
         let fragment = w.fragment;
-        let mut resp = self.response(id, revision);
+        let mut resp = with_header(id, header.clone());
         resp.events = events;
         // etcd's threshold: the request limit plus gRPC's allowance for framing.
         let limit = self.node.config.max_request_bytes + crate::server::GRPC_OVERHEAD_BYTES;
@@ -384,14 +416,17 @@ impl WatchStream {
         // etcd's rule: fill a fragment until one more event would reach the limit (a fragment
         // always holds at least one event); every fragment but the last is marked.
         let all = std::mem::take(&mut resp.events);
-        let mut part = self.response(id, revision);
+        let mut part = with_header(id, header.clone());
         part.fragment = true;
         for e in all {
             part.events.push(e);
             if part.events.len() > 1 && part.encoded_len() >= limit {
                 let carried = part.events.pop().expect("just pushed");
-                self.send(std::mem::replace(&mut part, self.response(id, revision)))
-                    .await?;
+                self.send(std::mem::replace(
+                    &mut part,
+                    with_header(id, header.clone()),
+                ))
+                .await?;
                 part.fragment = true;
                 part.events.push(carried);
             }

@@ -101,10 +101,7 @@ async fn acknowledged_writes_survive_kill() {
                 .kvs
                 .pop()
                 .expect("history kept");
-        assert_eq!(
-            (kv.mod_revision, &kv.value[..]),
-            (*rev, value.as_bytes())
-        );
+        assert_eq!((kv.mod_revision, &kv.value[..]), (*rev, value.as_bytes()));
     }
     let max_acked = acked.iter().map(|a| a.2).max().unwrap();
     let hash = |mut c: Client| async move {
