@@ -361,16 +361,26 @@ impl WatchStream {
         }
         // One header for the whole batch: reading the Raft term per watcher costs a lock.
         let header = self.node.header(batch.to_rev);
-        // With several watchers here, each gets a reference-counted copy of the events: take
-        // them from a copy of this stream's own, so the counts are not one cache line that
-        // every stream's thread writes.
-        let own;
-        let events = if self.watchers.len() > 1 {
-            own = batch.events.iter().map(deep_copy).collect::<Vec<_>>();
-            &own
-        } else {
-            &batch.events
-        };
+        // Each watcher gets a reference-counted copy of the events it wants. An event several
+        // watchers here want is first copied for this stream alone, so that their counts are
+        // not one cache line every stream's thread writes; events none wants are left out.
+        let events: Vec<Event> = batch
+            .events
+            .iter()
+            .filter_map(|e| {
+                match self
+                    .watchers
+                    .values()
+                    .filter(|w| w.wants(e))
+                    .take(2)
+                    .count()
+                {
+                    0 => None,
+                    1 => Some(e.clone()),
+                    _ => Some(deep_copy(e)),
+                }
+            })
+            .collect();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let w = self.watchers.get(&id).expect("present");
