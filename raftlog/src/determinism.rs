@@ -17,7 +17,8 @@
 //! is deterministic already — turmoil's network and paused clock, and tokio runtimes whose
 //! `select!` order turmoil seeds — except for two real-clock readings inside the HTTP/2
 //! libraries: h2 forgets a reset stream after one real second, and tonic's own
-//! deadline-exceeded responses carry hyper's `date` header.
+//! deadline-exceeded responses carry hyper's `date` header. (Under message delays, the first
+//! can make a run depend on machine load: one seed in 300 so far.)
 
 use std::cell::RefCell;
 use std::future::Future;
