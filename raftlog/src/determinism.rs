@@ -15,10 +15,12 @@
 //! this clock (`server::date`), and turns RocksDB's background compactions off, since they
 //! change the files a snapshot ships at times the OS decides. The rest of a simulated member
 //! is deterministic already — turmoil's network and paused clock, and tokio runtimes whose
-//! `select!` order turmoil seeds — except for two real-clock readings inside the HTTP/2
-//! libraries: h2 forgets a reset stream after one real second, and tonic's own
-//! deadline-exceeded responses carry hyper's `date` header. (Under message delays, the first
-//! can make a run depend on machine load: one seed in 300 so far.)
+//! `select!` order turmoil seeds. A client channel built in a simulation forgets a stream it
+//! reset at once (`Transport::channel`); h2 would remember it for a second of real time. Two
+//! real-clock readings remain inside the HTTP/2 libraries on the server side, where hyper's
+//! server offers no setting: a stream the server reset is remembered for a real second, and
+//! tonic's own deadline-exceeded responses carry hyper's `date` header. Neither has changed a
+//! run in a soak so far.
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -71,7 +71,17 @@ impl Transport {
     }
 
     /// A channel that connects on first use through this transport.
+    ///
+    /// In a simulation the channel forgets a stream it reset at once. h2 otherwise remembers
+    /// such a stream for a second of real time, ignoring the late frames its peer still sends on
+    /// it, and answers them with RST_STREAM only afterwards: whether a delayed frame draws a
+    /// reset would depend on how fast the machine ran the simulation.
     pub fn channel(&self, endpoint: Endpoint) -> Channel {
+        let endpoint = if crate::determinism::simulated() {
+            endpoint.http2_max_concurrent_reset_streams(0)
+        } else {
+            endpoint
+        };
         match self {
             Transport::Tcp => endpoint.connect_lazy(),
             Transport::Custom(net) => endpoint.connect_with_connector_lazy(Dialer(net.clone())),
