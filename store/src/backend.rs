@@ -9,7 +9,10 @@
 //! - `lease`: `l` ++ id → granted TTL (i64); `k` ++ id ++ user key → empty (attached keys).
 //! - `meta`:  named records: current revision, compaction marks, alarms, applied index.
 //!
-//! Writes are not fsynced here: the caller decides the durability point (see `Writer::sync`).
+//! Writes skip RocksDB's own write-ahead log: Raft's log is the durability point, and the
+//! store is durable only as of its last flush. Flushes are atomic across the column families
+//! (`atomic_flush`), so after a crash the data and the applied index in `meta` always agree and
+//! Raft re-applies what came after. See [`write_options`] and `Writer::sync`.
 
 use std::path::Path;
 
@@ -72,13 +75,37 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
     db_opts.create_missing_column_families(true);
     db_opts.set_max_background_jobs(2);
     db_opts.set_keep_log_file_num(4);
-    // RocksDB's own log only bridges memtables to their flush (Raft's WAL is the durability
-    // point): past 64 MiB the oldest memtables are flushed and their log files dropped.
-    db_opts.set_max_total_wal_size(64 << 20);
+    // Without a RocksDB log, a flush is the only thing that makes the store durable, and the
+    // data and the applied index live in different families: they are flushed together.
+    db_opts.set_atomic_flush(true);
+    // All memtables together are flushed past 64 MiB, which bounds their memory whatever the
+    // write rate (and how much of Raft's log a restart re-applies).
+    db_opts.set_db_write_buffer_size(64 << 20);
     let cfs = [CF_KEY, CF_REV, CF_LEASE, CF_META]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
     Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
+}
+
+/// The options of every write to the store: no RocksDB log (see the module comment).
+pub fn write_options() -> rocksdb::WriteOptions {
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.disable_wal(true);
+    opts
+}
+
+/// Flushes every column family's memtables together and waits: the store is durable as of
+/// now.
+pub fn flush_all(db: &DB) -> Result<()> {
+    let cfs: Vec<_> = [CF_KEY, CF_REV, CF_LEASE, CF_META]
+        .into_iter()
+        .map(|name| db.cf_handle(name).expect("column family exists"))
+        .collect();
+    db.flush_cfs_opt(
+        &cfs.iter().collect::<Vec<_>>(),
+        &rocksdb::FlushOptions::default(),
+    )?;
+    Ok(())
 }
 
 /// Encodes a lease ID for the `lease` family's keys.

@@ -6,7 +6,7 @@
 //! adds versions above C, which never change what is reachable at C. Readers are protected
 //! by the logical compacted revision, which is raised before this starts.
 
-use rocksdb::{WriteBatch, WriteOptions};
+use rocksdb::WriteBatch;
 
 use crate::backend::{self, CF_KEY, CF_META, CF_REV};
 use crate::mvcc::{self, version_key};
@@ -39,7 +39,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         let mut pending = 0usize;
         let mut removed = 0u64;
-        let opts = WriteOptions::default();
+        let opts = backend::write_options();
         revs.seek_to_first();
         while revs.valid() && revs.key().expect("valid") <= &bound[..] {
             let r = Revision::decode(revs.key().expect("valid")).ok_or_else(|| Error::Corrupt {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::backend::{self, BackendOptions, CF_KEY, CF_LEASE, CF_META, CF_REV};
 use crate::store::NEVER_COMPACTED;
@@ -32,8 +32,7 @@ impl Writer {
         let inner = self.store.inner.clone();
         let _restoring = inner.restoring.write().unwrap_or_else(|e| e.into_inner());
         let db = &self.store.inner.db;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(false);
+        let opts = backend::write_options();
         for name in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
             let live = cf(db, name);
             let mut batch = WriteBatch::default();
@@ -53,7 +52,7 @@ impl Writer {
             }
             db.write_opt(batch, &opts)?;
         }
-        db.flush_wal(true)?;
+        backend::flush_all(db)?;
         let read_i64 = |key: &[u8]| -> Result<Option<i64>> {
             match db.get_cf(cf(db, CF_META), key)? {
                 Some(v) => Ok(Some(backend::decode_i64(CF_META, &v)?)),

@@ -296,8 +296,8 @@ impl Store {
     /// Rewrites every column family to drop deleted data (etcd's defragment).
     pub fn defragment(&self) -> Result<()> {
         let db = &self.inner.db;
+        backend::flush_all(db)?;
         for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
-            db.flush_cf(db.cf_handle(cf).expect("cf"))?;
             db.compact_range_cf(db.cf_handle(cf).expect("cf"), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())

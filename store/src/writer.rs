@@ -1,13 +1,14 @@
 //! `Writer`: the single owner of the store's write path. Each request becomes one RocksDB
-//! write batch (its changes, the new current revision, lease attachments) written without
-//! fsync; [`Writer::sync`] is the durability point and [`Writer::publish`] makes the written
-//! revisions visible to readers. The Raft layer will skip `sync` because its log is durable.
+//! write batch (its changes, the new current revision, lease attachments) written to the
+//! memtables only; [`Writer::sync`] (a flush) is the durability point and [`Writer::publish`]
+//! makes the written revisions visible to readers. Raft calls `sync` only where it must: its
+//! log is durable, and re-applies whatever a crash took from the memtables.
 
 use std::sync::atomic::Ordering;
 
 use etcd_proto::etcdserverpb::{AlarmMember, AlarmResponse};
 use prost::Message;
-use rocksdb::{WriteOptions, DB};
+use rocksdb::DB;
 
 use crate::backend::{self, CF_LEASE, CF_META};
 use crate::change::Change;
@@ -150,9 +151,7 @@ impl Writer {
         for (name, value) in meta {
             w.batch.put_cf(cf(db, CF_META), name, value);
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(false);
-        db.write_opt(w.batch, &opts)?;
+        db.write_opt(w.batch, &backend::write_options())?;
         self.rev = new_rev;
         if let WriteRequest::Compact { revision } = req {
             self.compacted = *revision;
@@ -181,34 +180,31 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `meta` records (name, value) alone, atomically, without fsync.
+    /// Writes `meta` records (name, value) alone, atomically, not yet durably.
     pub fn write_meta(&mut self, meta: &[(&[u8], &[u8])]) -> Result<()> {
         let db = &self.store.inner.db;
         let mut batch = rocksdb::WriteBatch::default();
         for (name, value) in meta {
             batch.put_cf(cf(db, CF_META), name, value);
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(false);
-        db.write_opt(batch, &opts)?;
+        db.write_opt(batch, &backend::write_options())?;
         Ok(())
     }
 
-    /// Deletes `meta` records by name, atomically, without fsync.
+    /// Deletes `meta` records by name, atomically, not yet durably.
     pub fn delete_meta(&mut self, names: &[&[u8]]) -> Result<()> {
         let db = &self.store.inner.db;
         let mut batch = rocksdb::WriteBatch::default();
         for name in names {
             batch.delete_cf(cf(db, CF_META), name);
         }
-        db.write(batch)?;
+        db.write_opt(batch, &backend::write_options())?;
         Ok(())
     }
 
-    /// Makes every write so far durable (one fsync of RocksDB's WAL).
+    /// Makes every write so far durable: one flush of all the memtables, together.
     pub fn sync(&self) -> Result<()> {
-        self.store.inner.db.flush_wal(true)?;
-        Ok(())
+        backend::flush_all(&self.store.inner.db)
     }
 
     /// Makes every applied revision visible to readers. Call after [`Writer::sync`].

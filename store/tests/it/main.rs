@@ -1,5 +1,6 @@
 //! Integration tests of the store: model-based property tests and durability behaviour.
 
+mod crash;
 mod model;
 mod props;
 mod reopen;
