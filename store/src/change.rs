@@ -3,6 +3,7 @@
 //! their compares, checks and nested branches. Reads inside a txn see its own earlier writes
 //! through an overlay, as etcd's write txns do.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use etcd_proto::etcdserverpb::{
@@ -10,7 +11,7 @@ use etcd_proto::etcdserverpb::{
     RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use etcd_proto::mvccpb::{event::EventType, Event, KeyValue};
-use rocksdb::{WriteBatch, DB};
+use rocksdb::{DBRawIterator, WriteBatch, DB};
 
 use crate::backend::{self, CF_KEY, CF_LEASE, CF_REV};
 use crate::mvcc::{self, RangeEnd};
@@ -35,6 +36,10 @@ pub(crate) struct Change<'a> {
     /// Keys this request changed: `None` = deleted. Reads inside a txn consult it first.
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
     pub(crate) events: Vec<Event>,
+    /// One iterator over the `key` family serves every read of the request: creating one
+    /// costs more than a seek. (It reads the store as of its creation, which is the state
+    /// before this request: nothing is written until the request is done.)
+    key_iter: RefCell<Option<DBRawIterator<'a>>>,
 }
 
 impl<'a> Change<'a> {
@@ -48,6 +53,7 @@ impl<'a> Change<'a> {
             batch: WriteBatch::default(),
             overlay: BTreeMap::new(),
             events: Vec::new(),
+            key_iter: RefCell::new(None),
         }
     }
 
@@ -60,8 +66,11 @@ impl<'a> Change<'a> {
         }
     }
 
-    fn iter(&self) -> rocksdb::DBRawIterator<'a> {
-        self.db.raw_iterator_cf(cf(self.db, CF_KEY))
+    /// Runs `read` with the request's iterator over the `key` family.
+    fn with_iter<R>(&self, read: impl FnOnce(&mut DBRawIterator<'a>) -> R) -> R {
+        let mut slot = self.key_iter.borrow_mut();
+        let iter = slot.get_or_insert_with(|| self.db.raw_iterator_cf(cf(self.db, CF_KEY)));
+        read(iter)
     }
 
     /// The live version of `key` as this request sees it.
@@ -74,10 +83,12 @@ impl<'a> Change<'a> {
 
     /// The live version of `key` before this request.
     fn get_before(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        Ok(match mvcc::latest(&mut self.iter(), key, self.base)? {
-            Some((_, false, kv)) => Some(kv),
-            _ => None,
-        })
+        Ok(
+            match self.with_iter(|iter| mvcc::latest(iter, key, self.base))? {
+                Some((_, false, kv)) => Some(kv),
+                _ => None,
+            },
+        )
     }
 
     /// An event's `prev_kv`, as etcd defines it: the key at the previous revision, so a key
@@ -94,8 +105,9 @@ impl<'a> Change<'a> {
     /// Live versions in `[key, range_end)` as this request sees them, in key order.
     fn live_in_range(&self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>> {
         let end = RangeEnd::from_request(range_end);
-        let mut iter = self.iter();
-        let base = mvcc::scan(&mut iter, key, &end, self.base, 0, false)?.kvs;
+        let base = self
+            .with_iter(|iter| mvcc::scan(iter, key, &end, self.base, 0, false))?
+            .kvs;
         Ok(merge_overlay(base, &self.overlay, key, &end))
     }
 
@@ -345,11 +357,15 @@ impl RangeSource for TxnSource<'_, '_> {
         let touches_overlay = rev == read_rev && c.overlay.keys().any(|k| end.contains(key, k));
         if !touches_overlay {
             return Ok((
-                mvcc::scan(&mut c.iter(), key, &end, rev.min(c.base), limit, count_only)?,
+                c.with_iter(|iter| {
+                    mvcc::scan(iter, key, &end, rev.min(c.base), limit, count_only)
+                })?,
                 read_rev,
             ));
         }
-        let base = mvcc::scan(&mut c.iter(), key, &end, c.base, 0, false)?.kvs;
+        let base = c
+            .with_iter(|iter| mvcc::scan(iter, key, &end, c.base, 0, false))?
+            .kvs;
         let mut kvs = merge_overlay(base, &c.overlay, key, &end);
         let count = kvs.len() as i64;
         if count_only {

@@ -253,36 +253,37 @@ impl Store {
         Ok(crate::writer::decode_alarms(raw.as_deref()))
     }
 
-    /// Bytes the database occupies on disk: the files in its directory, except RocksDB's
-    /// informational LOG files (etcd's dbSize is the size of its database file).
+    /// Bytes the database holds (etcd's dbSize, the size of its database file): the files in
+    /// its directory, except RocksDB's informational LOG files, plus what the memtables hold
+    /// and have not flushed yet — written data that the next flush will put on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.files()
+        let files: u64 = self
+            .files()
             .filter(|(name, _)| !name.starts_with("LOG"))
             .map(|(_, len)| len)
-            .sum()
+            .sum();
+        files + self.sum_property("rocksdb.cur-size-all-mem-tables")
     }
 
-    /// Bytes of live data (etcd's dbSizeInUse): SST files still referenced plus the WAL.
+    /// Bytes of live data (etcd's dbSizeInUse): SST files still referenced plus the memtables.
     pub fn size_in_use(&self) -> u64 {
+        let live = self.sum_property("rocksdb.live-sst-files-size")
+            + self.sum_property("rocksdb.cur-size-all-mem-tables");
+        live.min(self.size_on_disk())
+    }
+
+    /// An integer property of RocksDB's, summed over the column families.
+    fn sum_property(&self, name: &str) -> u64 {
         let db = &self.inner.db;
-        let sst: u64 = [CF_KEY, CF_REV, CF_LEASE, CF_META]
+        [CF_KEY, CF_REV, CF_LEASE, CF_META]
             .iter()
             .map(|cf| {
-                db.property_int_value_cf(
-                    db.cf_handle(cf).expect("cf"),
-                    "rocksdb.live-sst-files-size",
-                )
-                .ok()
-                .flatten()
-                .unwrap_or(0)
+                db.property_int_value_cf(db.cf_handle(cf).expect("cf"), name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
             })
-            .sum();
-        let wal: u64 = self
-            .files()
-            .filter(|(name, _)| name.ends_with(".log"))
-            .map(|(_, len)| len)
-            .sum();
-        (sst + wal).min(self.size_on_disk())
+            .sum()
     }
 
     fn files(&self) -> impl Iterator<Item = (String, u64)> {
