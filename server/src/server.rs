@@ -79,6 +79,7 @@ pub async fn run(
         &BackendOptions {
             block_cache_bytes: config.block_cache_bytes,
             background_compactions: !raftlog::determinism::simulated(),
+            flush_on_close: !raftlog::determinism::simulated(),
         },
     )?;
     let identity = bootstrap::identity(&config).await?;

@@ -42,6 +42,11 @@ pub struct BackendOptions {
     /// same way in every replay. (Flushes still run on RocksDB's threads, but a full memtable
     /// is the only thing that starts one unasked.)
     pub background_compactions: bool,
+    /// Whether closing the store flushes its memtables. A real server's does, so a graceful
+    /// restart has nothing to re-apply. A simulated member's does not: its crash drops the
+    /// store, and that must lose what a `kill -9` loses, everything not yet flushed, so that
+    /// every crash in a simulation exercises Raft re-applying it.
+    pub flush_on_close: bool,
 }
 
 impl Default for BackendOptions {
@@ -49,6 +54,7 @@ impl Default for BackendOptions {
         BackendOptions {
             block_cache_bytes: 64 << 20,
             background_compactions: true,
+            flush_on_close: true,
         }
     }
 }
@@ -84,6 +90,9 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
     // All memtables together are flushed past 64 MiB, which bounds their memory whatever the
     // write rate (and how much of Raft's log a restart re-applies).
     db_opts.set_db_write_buffer_size(64 << 20);
+    if !opts.flush_on_close {
+        db_opts = db_opts.get_options_from_string("avoid_flush_during_shutdown=true")?;
+    }
     let cfs = [CF_KEY, CF_REV, CF_LEASE, CF_META]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));

@@ -90,3 +90,34 @@ fn lease_revoke_deletes_attached_keys_in_one_revision() {
         Err(store::Error::LeaseNotFound(1))
     ));
 }
+
+#[test]
+fn closing_keeps_unflushed_writes_only_when_it_flushes() {
+    for flush_on_close in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = BackendOptions {
+            flush_on_close,
+            ..BackendOptions::default()
+        };
+        {
+            let (_, mut writer) = Store::open(dir.path(), &opts).unwrap();
+            for i in 0..3 {
+                let put = PutRequest {
+                    key: format!("k{i}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                };
+                writer.apply(&WriteRequest::Put(put)).unwrap();
+            }
+            writer.publish();
+        }
+        let (store, _) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
+        // Without the flush, the close is a crash: only what was flushed (nothing) is there.
+        let expected = if flush_on_close { 4 } else { 1 };
+        assert_eq!(
+            store.current_revision(),
+            expected,
+            "flush_on_close {flush_on_close}"
+        );
+    }
+}
