@@ -202,12 +202,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes every write so far durable: one flush of all the memtables, together.
+    /// Makes every write so far durable in the store itself: one flush of all the memtables,
+    /// together. Costly (it writes SST files); Raft calls it only at start-up, and snapshots
+    /// and restores flush on their own.
     pub fn sync(&self) -> Result<()> {
         backend::flush_all(&self.store.inner.db)
     }
 
-    /// Makes every applied revision visible to readers. Call after [`Writer::sync`].
+    /// Makes every applied revision visible to readers: once the writes are durable somewhere
+    /// — in Raft's log, which re-applies them after a crash, or, for a store used alone, after
+    /// [`Writer::sync`].
     pub fn publish(&self) {
         self.store
             .inner
