@@ -179,10 +179,11 @@ impl SnapshotFiles {
         Ok(())
     }
 
-    /// Finishes an install a crash interrupted (see the module comment).
-    pub fn finish_interrupted_install(&self, writer: &mut Writer) -> Result<(), String> {
+    /// Finishes an install a crash interrupted (see the module comment); returns whether
+    /// there was one.
+    pub fn finish_interrupted_install(&self, writer: &mut Writer) -> Result<bool, String> {
         let Some(marker) = meta::read(&self.dir, INSTALL_MARKER).map_err(|e| e.to_string())? else {
-            return Ok(());
+            return Ok(false);
         };
         let Installing { name, meta } =
             serde_json::from_slice(&marker).map_err(|e| e.to_string())?;
@@ -190,7 +191,7 @@ impl SnapshotFiles {
         self.restore(&name, writer)?;
         self.commit(&name, &meta)?;
         std::fs::remove_file(self.dir.join(INSTALL_MARKER)).map_err(|e| e.to_string())?;
-        Ok(())
+        Ok(true)
     }
 }
 

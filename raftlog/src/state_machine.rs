@@ -101,7 +101,10 @@ impl StateMachine {
         durable: watch::Sender<u64>,
     ) -> Result<StateMachine, String> {
         let snapshots = SnapshotFiles::open(snap_dir, durable)?;
-        snapshots.finish_interrupted_install(&mut writer)?;
+        if snapshots.finish_interrupted_install(&mut writer)? {
+            // Whatever the embedder loaded from the store before (leases, alarms) is stale.
+            observer.restored(writer.revision());
+        }
         // What the store holds now is made durable, so the log may be purged up to it.
         writer.sync().map_err(|e| e.to_string())?;
         let store = writer.store().clone();

@@ -12,15 +12,19 @@ use raftlog::types::{log_id, Entry};
 use raftlog::{AppliedProposal, ApplyObserver, Proposal, ProposalBatch};
 use store::{BackendOptions, Store, WriteRequest};
 
+/// What the state machine told its observer: applied proposals (id, ok?), and the revisions
+/// of restores.
 #[derive(Default)]
-struct Seen(Mutex<Vec<(u64, bool)>>);
+struct Seen(Mutex<Vec<(u64, bool)>>, Mutex<Vec<i64>>);
 
 impl ApplyObserver for Seen {
     fn applied(&self, proposals: Vec<AppliedProposal>, _revision: i64) {
         let mut seen = self.0.lock().unwrap();
         seen.extend(proposals.iter().map(|p| (p.id, p.result.is_ok())));
     }
-    fn restored(&self, _revision: i64) {}
+    fn restored(&self, revision: i64) {
+        self.1.lock().unwrap().push(revision);
+    }
 }
 
 fn put(key: &str, lease: i64) -> WriteRequest {
@@ -169,12 +173,19 @@ async fn a_snapshot_install_interrupted_by_a_crash_is_finished_on_start() {
     )
     .unwrap();
 
-    let mut follower = open(follower_dir.path(), seen);
+    assert!(
+        seen.1.lock().unwrap().is_empty(),
+        "plain opens restore nothing"
+    );
+    let mut follower = open(follower_dir.path(), seen.clone());
     assert_eq!(
         follower.store().hash_all().unwrap(),
         want,
         "the follower holds the snapshot"
     );
+    // The server's lessor, alarms and watchers, loaded from the store before it was replaced,
+    // hear of the restore.
+    assert_eq!(*seen.1.lock().unwrap(), vec![want_rev]);
     assert_eq!(follower.store().current_revision(), want_rev);
     let (applied, _) = follower.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index, 2);
