@@ -24,6 +24,8 @@ pub const CF_KEY: &str = "key";
 pub const CF_REV: &str = "rev";
 pub const CF_LEASE: &str = "lease";
 pub const CF_META: &str = "meta";
+/// Every column family of the store.
+pub const FAMILIES: [&str; 4] = [CF_KEY, CF_REV, CF_LEASE, CF_META];
 
 pub const META_CURRENT_REV: &[u8] = b"current_rev";
 pub const META_SCHEDULED_COMPACT: &[u8] = b"scheduled_compact_rev";
@@ -93,7 +95,7 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
     if !opts.flush_on_close {
         db_opts = db_opts.get_options_from_string("avoid_flush_during_shutdown=true")?;
     }
-    let cfs = [CF_KEY, CF_REV, CF_LEASE, CF_META]
+    let cfs = FAMILIES
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
     Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
@@ -109,7 +111,7 @@ pub fn write_options() -> rocksdb::WriteOptions {
 /// Flushes every column family's memtables together and waits: the store is durable as of
 /// now.
 pub fn flush_all(db: &DB) -> Result<()> {
-    let cfs: Vec<_> = [CF_KEY, CF_REV, CF_LEASE, CF_META]
+    let cfs: Vec<_> = FAMILIES
         .into_iter()
         .map(|name| db.cf_handle(name).expect("column family exists"))
         .collect();

@@ -5,7 +5,7 @@
 //! skipping versions that compaction made unreachable — whether or not physical compaction
 //! has removed them yet — so equal histories hash equal on every member at any moment.
 
-use crate::backend::{CF_KEY, CF_LEASE, CF_META, CF_REV};
+use crate::backend::{self, CF_KEY};
 use crate::mvcc::{escaped_len, TAG_TOMBSTONE};
 use crate::revision::Revision;
 use crate::store::Store;
@@ -64,7 +64,7 @@ impl Store {
     pub fn hash_all(&self) -> Result<u32> {
         let view = self.view();
         let mut hasher = crc32fast::Hasher::new();
-        for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
+        for cf in backend::FAMILIES {
             hasher.update(cf.as_bytes());
             let mut iter = view.iter(cf, None);
             iter.seek_to_first();

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rocksdb::{IteratorMode, WriteBatch};
 
-use crate::backend::{self, BackendOptions, CF_KEY, CF_LEASE, CF_META, CF_REV};
+use crate::backend::{self, BackendOptions, CF_META};
 use crate::store::NEVER_COMPACTED;
 use crate::writer::{cf, Writer};
 use crate::Result;
@@ -33,7 +33,7 @@ impl Writer {
         let _restoring = inner.restoring.write().unwrap_or_else(|e| e.into_inner());
         let db = &self.store.inner.db;
         let opts = backend::write_options();
-        for name in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
+        for name in backend::FAMILIES {
             let live = cf(db, name);
             let mut batch = WriteBatch::default();
             for item in db.iterator_cf(live, IteratorMode::Start) {

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use etcd_proto::mvccpb::KeyValue;
 use rocksdb::{ReadOptions, DB};
 
-use crate::backend::{self, BackendOptions, CF_KEY, CF_LEASE, CF_META, CF_REV};
+use crate::backend::{self, BackendOptions, CF_KEY, CF_LEASE, CF_META};
 use crate::mvcc::{self, RangeEnd, Scan};
 use crate::writer::Writer;
 use crate::{Error, Result};
@@ -275,7 +275,7 @@ impl Store {
     /// An integer property of RocksDB's, summed over the column families.
     fn sum_property(&self, name: &str) -> u64 {
         let db = &self.inner.db;
-        [CF_KEY, CF_REV, CF_LEASE, CF_META]
+        backend::FAMILIES
             .iter()
             .map(|cf| {
                 db.property_int_value_cf(db.cf_handle(cf).expect("cf"), name)
@@ -298,7 +298,7 @@ impl Store {
     pub fn defragment(&self) -> Result<()> {
         let db = &self.inner.db;
         backend::flush_all(db)?;
-        for cf in [CF_KEY, CF_REV, CF_LEASE, CF_META] {
+        for cf in backend::FAMILIES {
             db.compact_range_cf(db.cf_handle(cf).expect("cf"), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
