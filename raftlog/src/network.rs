@@ -1,11 +1,13 @@
 //! The Raft transport over gRPC: the client half ([`Network`], one per peer, made by
-//! [`NetworkFactory`]) and the server half ([`RaftService`]). Channels connect lazily and
-//! reconnect on their own; openraft backs off from a peer that is unreachable. A leader
-//! refuses votes from members no longer in its membership, which tells them they were removed. Messages are
-//! Cairn's peer protobufs (`etcd-proto/proto/cairn_raft.proto`); entries carry the same
+//! [`NetworkFactory`]) and the server half ([`RaftService`]). Each peer has one shared
+//! connection for votes and heartbeats, and each replication stream one of its own for
+//! entries; channels connect lazily and reconnect on their own, and openraft backs off from a
+//! peer that is unreachable. A leader refuses votes from members no longer in its membership,
+//! which tells them they were removed. Messages are Cairn's peer protobufs (`etcd-proto/proto/cairn_raft.proto`); entries carry the same
 //! payload bytes the log stores.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -96,10 +98,27 @@ pub const REMOVED: &str = "cairn: the member has been permanently removed from t
 /// Makes a [`Network`] per peer, addressed by the first of its peer URLs. `removed` is
 /// notified when a leader answers that this member was removed from the cluster (as etcd's
 /// members learn it), so the member can stop.
+///
+/// openraft asks for a new [`Network`] for every vote round and every leadership check of a
+/// linearizable read, so the factory keeps one shared connection per peer for those short
+/// messages; a replication stream sends its entries and snapshots over a connection of its
+/// own, so a large append never queues a heartbeat behind it (etcd separates its peer
+/// streams the same way).
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     pub removed: Arc<Notify>,
     pub transport: Transport,
+    shared: Arc<Mutex<HashMap<NodeId, Arc<Mutex<Link>>>>>,
+}
+
+impl NetworkFactory {
+    pub fn new(removed: Arc<Notify>, transport: Transport) -> NetworkFactory {
+        NetworkFactory {
+            removed,
+            transport,
+            shared: Arc::default(),
+        }
+    }
 }
 
 /// Timed-out RPCs in a row after which the connection to a peer is replaced: one that stopped
@@ -109,14 +128,74 @@ pub struct NetworkFactory {
 /// of election timeouts.
 const REDIAL_AFTER_TIMEOUTS: u32 = 20;
 
-/// The connection to one peer.
-pub struct Network {
+/// A connection to one peer and how many of its RPCs in a row timed out.
+struct Link {
     target: NodeId,
-    client: Result<RaftClient<Channel>, String>,
-    removed: Arc<Notify>,
     url: Option<String>,
-    transport: Transport,
+    client: Result<RaftClient<Channel>, String>,
     timeouts: u32,
+}
+
+impl Link {
+    fn dial(target: NodeId, url: Option<String>, transport: &Transport) -> Link {
+        Link {
+            target,
+            client: dial(target, url.as_deref(), transport),
+            url,
+            timeouts: 0,
+        }
+    }
+
+    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RpcErr<E>> {
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+    }
+
+    /// Counts timed-out RPCs in a row; replaces the connection after too many.
+    fn observe(&mut self, timed_out: bool, transport: &Transport) {
+        if !timed_out {
+            self.timeouts = 0;
+            return;
+        }
+        self.timeouts += 1;
+        if self.timeouts >= REDIAL_AFTER_TIMEOUTS {
+            tracing::info!(
+                peer = format!("{:x}", self.target),
+                timeouts = self.timeouts,
+                "peer connection stopped answering; dialing again"
+            );
+            *self = Link::dial(self.target, self.url.take(), transport);
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Network {
+        let url = node.peer_urls.first().cloned();
+        let shared = {
+            let mut links = self.shared.lock().expect("peer links");
+            let link = links.entry(target).or_insert_with(|| {
+                Arc::new(Mutex::new(Link::dial(target, url.clone(), &self.transport)))
+            });
+            let mut l = link.lock().expect("peer link");
+            if l.url != url {
+                *l = Link::dial(target, url.clone(), &self.transport);
+            }
+            drop(l);
+            link.clone()
+        };
+        Network {
+            target,
+            shared,
+            own: None,
+            url,
+            removed: self.removed.clone(),
+            transport: self.transport.clone(),
+        }
+    }
 }
 
 /// A lazily connecting channel to a peer URL.
@@ -129,22 +208,6 @@ pub fn peer_channel(url: &str, transport: &Transport) -> Result<Channel, String>
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5)),
     ))
-}
-
-impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = Network;
-
-    async fn new_client(&mut self, target: NodeId, node: &Member) -> Network {
-        let url = node.peer_urls.first().cloned();
-        Network {
-            target,
-            client: dial(target, url.as_deref(), &self.transport),
-            removed: self.removed.clone(),
-            url,
-            transport: self.transport.clone(),
-            timeouts: 0,
-        }
-    }
 }
 
 fn dial(
@@ -171,34 +234,57 @@ fn transport_err<E: std::error::Error>(status: Status) -> RpcErr<E> {
     }
 }
 
+/// Which of a [`Network`]'s connections an RPC goes over.
+#[derive(Clone, Copy)]
+enum Lane {
+    /// The peer's shared connection: votes and heartbeats.
+    Shared,
+    /// This network's own connection: entries and snapshot chunks.
+    Bulk,
+}
+
+/// openraft's client for one peer: see [`NetworkFactory`].
+pub struct Network {
+    target: NodeId,
+    shared: Arc<Mutex<Link>>,
+    own: Option<Link>,
+    url: Option<String>,
+    removed: Arc<Notify>,
+    transport: Transport,
+}
+
 impl Network {
-    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RpcErr<E>> {
-        self.client
-            .clone()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+    fn client<E: std::error::Error>(
+        &mut self,
+        lane: Lane,
+    ) -> Result<RaftClient<Channel>, RpcErr<E>> {
+        match lane {
+            Lane::Shared => self.shared.lock().expect("peer link").client(),
+            Lane::Bulk => {
+                let (target, url, transport) = (self.target, &self.url, &self.transport);
+                self.own
+                    .get_or_insert_with(|| Link::dial(target, url.clone(), transport))
+                    .client()
+            }
+        }
     }
 
-    /// Counts timed-out RPCs in a row; replaces the connection after too many.
-    fn observe<T>(&mut self, result: &Result<T, Status>) {
-        match result {
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
-                ) =>
-            {
-                self.timeouts += 1;
-                if self.timeouts >= REDIAL_AFTER_TIMEOUTS {
-                    tracing::info!(
-                        peer = format!("{:x}", self.target),
-                        timeouts = self.timeouts,
-                        "peer connection stopped answering; dialing again"
-                    );
-                    self.client = dial(self.target, self.url.as_deref(), &self.transport);
-                    self.timeouts = 0;
+    fn observe<T>(&mut self, lane: Lane, result: &Result<T, Status>) {
+        let timed_out = matches!(
+            result,
+            Err(s) if matches!(s.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
+        );
+        match lane {
+            Lane::Shared => self
+                .shared
+                .lock()
+                .expect("peer link")
+                .observe(timed_out, &self.transport),
+            Lane::Bulk => {
+                if let Some(own) = &mut self.own {
+                    own.observe(timed_out, &self.transport)
                 }
             }
-            _ => self.timeouts = 0,
         }
     }
 
@@ -248,11 +334,16 @@ impl RaftNetwork<TypeConfig> for Network {
             entries,
             leader_commit: log_id_to_pb(rpc.leader_commit),
         };
+        let lane = if msg.entries.is_empty() {
+            Lane::Shared
+        } else {
+            Lane::Bulk
+        };
         let result = self
-            .client()?
+            .client(lane)?
             .append_entries(with_timeout(msg, &option))
             .await;
-        self.observe(&result);
+        self.observe(lane, &result);
         let resp = result.map_err(transport_err)?.into_inner();
         if let Some(e) = self.remote(&resp.error) {
             return Err(e);
@@ -281,10 +372,10 @@ impl RaftNetwork<TypeConfig> for Network {
             done: rpc.done,
         };
         let result = self
-            .client()?
+            .client(Lane::Bulk)?
             .install_snapshot(with_timeout(msg, &option))
             .await;
-        self.observe(&result);
+        self.observe(Lane::Bulk, &result);
         let resp = result.map_err(transport_err)?.into_inner();
         if let Some(e) = self.remote(&resp.error) {
             return Err(e);
@@ -303,8 +394,11 @@ impl RaftNetwork<TypeConfig> for Network {
             vote: Some(vote_to_pb(&rpc.vote)),
             last_log_id: log_id_to_pb(rpc.last_log_id),
         };
-        let result = self.client()?.vote(with_timeout(msg, &option)).await;
-        self.observe(&result);
+        let result = self
+            .client(Lane::Shared)?
+            .vote(with_timeout(msg, &option))
+            .await;
+        self.observe(Lane::Shared, &result);
         let resp = match result {
             Ok(r) => r.into_inner(),
             Err(s) => {
