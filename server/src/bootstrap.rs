@@ -171,10 +171,7 @@ pub async fn start_raft(
     let raft = Raft::new(
         id,
         Arc::new(rc),
-        NetworkFactory {
-            removed,
-            transport: config.transport.clone(),
-        },
+        NetworkFactory::new(removed, config.transport.clone()),
         log,
         sm,
     )
@@ -324,11 +321,13 @@ pub async fn follow_leadership(
 }
 
 /// Publishes this member's name and client URLs into the membership (etcd's `publish`), once
-/// a leader is there to take it; retries until it is recorded or `stop` fires.
+/// a leader is there to take it; retries until it is recorded, then fires `ready`, or until
+/// `stop` fires.
 pub async fn publish(
     applier: crate::applier::Applier,
     me: crate::member::Member,
     mut stop: watch::Receiver<bool>,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) {
     loop {
         let recorded = crate::membership::members(applier.raft())
@@ -336,6 +335,7 @@ pub async fn publish(
             .any(|m| m.id == me.id && m.name == me.name && m.client_urls == me.client_urls);
         if recorded {
             tracing::info!(name = %me.name, "published local member to cluster");
+            let _ = ready.send(());
             return;
         }
         if applier.leader().is_some() {

@@ -15,8 +15,9 @@ use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
 use etcd_proto::etcdserverpb::AlarmType;
+use futures::StreamExt;
 use store::{BackendOptions, Store};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::applier::{Applier, Waiters};
 use crate::auth::AuthService;
@@ -151,6 +152,7 @@ pub async fn run(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = oneshot::channel();
     let peer_server = bootstrap::serve_peers(
         &config,
         applier.clone(),
@@ -189,6 +191,7 @@ pub async fn run(
             applier.clone(),
             node.member.clone(),
             stop_rx.clone(),
+            ready_tx,
         )),
     ];
 
@@ -224,6 +227,18 @@ pub async fn run(
         incoming.push(conns);
     }
     let incoming = futures::stream::select_all(incoming);
+    // As etcd, clients are served once this member's name and client URLs are in the
+    // membership (its `ReadyNotify`): until then connections wait in the listen backlog.
+    let incoming = futures::stream::once(async move {
+        match ready_rx.await {
+            Ok(()) => {
+                tracing::info!("ready to serve client requests");
+                incoming
+            }
+            Err(_) => futures::stream::select_all(Vec::new()),
+        }
+    })
+    .flatten();
     drop(node);
 
     let signal = async move {

@@ -1,4 +1,5 @@
 //! A 3-member cairn cluster of real processes: etcdctl reads and writes through every member;
+//! a new member serves clients only once it has published its attributes;
 //! the leader is killed under a write load and no acknowledged write is lost; a member that
 //! missed many writes catches up by snapshot; a member is added as a learner, promoted and
 //! another removed, under load; leadership moves on request. Replicas are compared with HashKV at one revision.
@@ -216,6 +217,42 @@ pub async fn check_acked(endpoint: &str, acked: &[(String, String, i64)]) {
             (value.as_bytes(), *rev),
             "{endpoint}: {key}@{rev}"
         );
+    }
+}
+
+/// As etcd's, a new member serves clients only once its name and client URLs are in the
+/// membership, which takes a quorum: until then a client cannot even connect, so nobody sees
+/// it listed without its client URLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_serves_clients_only_once_it_has_published() {
+    let mut cluster = Cluster::prepare(3, &[]);
+    cluster.spawn(0);
+    let ep = cluster.members[0].endpoint();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&ep).is_err() {
+        assert!(Instant::now() < deadline, "member 0 never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let timeouts = ["--dial-timeout=1s", "--command-timeout=1s"];
+    // A serializable read needs no leader: only the wait for publishing keeps it unanswered.
+    let get = [&["get", "k", "--consistency=s"][..], &timeouts].concat();
+    let (ok, out) = ctl(&ep, &get);
+    assert!(!ok, "a member without a quorum served a client: {out}");
+    cluster.spawn(1);
+    cluster.spawn(2);
+    for i in 0..3 {
+        cluster.wait_healthy(i);
+    }
+    let (ok, out) = ctl(&ep, &[&["member", "list"][..], &timeouts].concat());
+    assert!(ok, "{out}");
+    for m in &cluster.members {
+        let line = format!(
+            ", {}, {}, http://{}, false",
+            m.name,
+            m.peer_url(),
+            m.endpoint()
+        );
+        assert!(out.contains(&line), "{line} missing from {out}");
     }
 }
 

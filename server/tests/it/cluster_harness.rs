@@ -58,6 +58,18 @@ const TOKEN: &str = "cairn-test-cluster";
 impl Cluster {
     /// Starts `n` members with `extra` flags and waits until every one is healthy.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::prepare(n, extra);
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_healthy(i);
+        }
+        c
+    }
+
+    /// A cluster of `n` members with `extra` flags, none of them started yet (`spawn`).
+    pub fn prepare(n: usize, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let mut members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -77,21 +89,15 @@ impl Cluster {
         for m in &mut members {
             m.initial_cluster = initial.join(",");
         }
-        let mut c = Cluster {
+        Cluster {
             members,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             tmp,
-        };
-        for i in 0..n {
-            c.spawn(i);
         }
-        for i in 0..n {
-            c.wait_healthy(i);
-        }
-        c
     }
 
-    fn spawn(&mut self, i: usize) {
+    /// Starts member `i`'s process.
+    pub fn spawn(&mut self, i: usize) {
         let m = &self.members[i];
         let client_url = format!("http://{}", m.endpoint());
         let mut cmd = Command::new(cairn_bin());

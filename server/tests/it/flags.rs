@@ -10,16 +10,18 @@ fn etcd_environment_variables_configure_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(cairn_bin())
-        .env("ETCD_NAME", "envnode")
-        .env("ETCD_DATA_DIR", dir.path().join("d"))
-        .env("ETCD_LISTEN_CLIENT_URLS", &url)
-        .env("ETCD_ADVERTISE_CLIENT_URLS", &url)
-        .env("ETCD_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Killed(
+        Command::new(cairn_bin())
+            .env("ETCD_NAME", "envnode")
+            .env("ETCD_DATA_DIR", dir.path().join("d"))
+            .env("ETCD_LISTEN_CLIENT_URLS", &url)
+            .env("ETCD_ADVERTISE_CLIENT_URLS", &url)
+            .env("ETCD_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let ep = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let listed = loop {
@@ -40,12 +42,22 @@ fn etcd_environment_variables_configure_the_server() {
         "data in ETCD_DATA_DIR"
     );
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
     assert!(
-        child.wait().unwrap().success(),
+        child.0.wait().unwrap().success(),
         "SIGTERM is a clean shutdown"
     );
+}
+
+/// A child process killed when the test ends, whether it passes or panics.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
