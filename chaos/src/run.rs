@@ -434,7 +434,11 @@ fn check_watch(
             }
         }
     };
-    let mut report = watch_check::check_watchers(history, &shared.watch_logs.borrow());
+    let mut report = watch_check::check_watchers(
+        history,
+        &shared.watch_logs.borrow(),
+        &shared.compactions.borrow(),
+    );
     let mut problems = watch_check::check_history(history, &shared.written.borrow());
     problems.extend(watch_check::check_acknowledged(history, ops));
     problems.append(&mut report.problems);

@@ -177,7 +177,8 @@ pub fn check_acknowledged(history: &[Ev], ops: &[Op]) -> Vec<String> {
 
 /// Checks every watcher's streams against the history.
 /// Checks every watcher's streams against the history.
-pub fn check_watchers(history: &[Ev], logs: &[WatchLog]) -> WatchReport {
+/// `compactions` are the revisions compaction was asked for, in order.
+pub fn check_watchers(history: &[Ev], logs: &[WatchLog], compactions: &[i64]) -> WatchReport {
     let mut report = WatchReport::default();
     let mut per_rev: HashMap<i64, usize> = HashMap::new();
     for e in history {
@@ -191,7 +192,14 @@ pub fn check_watchers(history: &[Ev], logs: &[WatchLog]) -> WatchReport {
                 "watcher {} via {} from revision {}",
                 log.watcher, seg.member, seg.start
             );
-            check_segment(history, (&per_rev, last), seg, &who, &mut report);
+            check_segment(
+                history,
+                (&per_rev, last),
+                seg,
+                compactions,
+                &who,
+                &mut report,
+            );
         }
     }
     report
@@ -214,6 +222,7 @@ fn check_segment(
     history: &[Ev],
     (per_rev, last): (&HashMap<i64, usize>, i64),
     seg: &Segment,
+    compactions: &[i64],
     who: &str,
     report: &mut WatchReport,
 ) {
@@ -255,12 +264,13 @@ fn check_segment(
     }
     // Compaction removes the tombstones at the compacted revision itself, and a watch may
     // start at the compacted revision: as from etcd, it then misses that revision's
-    // deletions (but not its puts).
-    let start_compacted = seg
-        .responses
-        .iter()
-        .find(|r| !r.events.is_empty())
-        .is_some_and(|r| r.compacted >= seg.start);
+    // deletions (but not its puts) if that compaction was asked for before its first events.
+    let start_compacted = compactions.contains(&seg.start)
+        && seg
+            .responses
+            .iter()
+            .find(|r| !r.events.is_empty())
+            .is_some_and(|r| r.compacted >= seg.start);
     let expected: Vec<&Ev> = history
         .iter()
         .filter(|e| e.mod_rev >= seg.start && e.mod_rev <= upto)
@@ -400,7 +410,7 @@ mod tests {
         assert!(check_history(&h, &written()).is_empty());
         let whole = seg(1, vec![resp(&h[..1], 2), resp(&h[1..3], 3), resp(&[], 3)]);
         let resumed = seg(3, vec![resp(&h[1..3], 3), resp(&h[3..], 4), resp(&[], 4)]);
-        let report = check_watchers(&h, &[whole, resumed]);
+        let report = check_watchers(&h, &[whole, resumed], &[]);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(
             (report.streams, report.events, report.progress_notifications),
@@ -439,15 +449,18 @@ mod tests {
             seg(start, vec![r])
         };
         // Compaction at 5 removed the tombstone at 5: a stream from 5 may begin at 6.
-        let report = check_watchers(&h, &[from(5, &h[5..], 5)]);
+        let report = check_watchers(&h, &[from(5, &h[5..], 5)], &[5]);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        let report = check_watchers(&h, &[from(5, &h[4..], 5)]);
+        let report = check_watchers(&h, &[from(5, &h[4..], 5)], &[5]);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        // Without that compaction, the deletion is missing.
-        let report = check_watchers(&h, &[from(5, &h[5..], 4)]);
+        // Without a compaction at 5, or one asked for only after the events came, the
+        // deletion is missing.
+        let report = check_watchers(&h, &[from(5, &h[5..], 6)], &[6]);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        let report = check_watchers(&h, &[from(5, &h[5..], 4)], &[4, 5]);
         assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
         // A put at the compacted revision is kept: missing it is a gap.
-        let report = check_watchers(&h, &[from(6, &h[6..], 6)]);
+        let report = check_watchers(&h, &[from(6, &h[6..], 6)], &[6]);
         assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     }
 
@@ -460,9 +473,11 @@ mod tests {
         assert!(!same(&got, &h[3], 3));
         assert!(same(&got, &h[3], 4));
         let mut early = seg(4, vec![resp(&[got], 4)]);
-        assert!(!check_watchers(&h, &[early.clone()]).problems.is_empty());
+        assert!(!check_watchers(&h, &[early.clone()], &[])
+            .problems
+            .is_empty());
         early.segments[0].responses[0].compacted = 4;
-        assert!(check_watchers(&h, &[early]).problems.is_empty());
+        assert!(check_watchers(&h, &[early], &[]).problems.is_empty());
     }
 
     #[test]
@@ -470,10 +485,10 @@ mod tests {
         let h = history();
         let mut fine = seg(1, vec![resp(&h[..1], 2)]);
         fine.segments[0].compacted = 4;
-        assert!(check_watchers(&h, &[fine]).problems.is_empty());
+        assert!(check_watchers(&h, &[fine], &[]).problems.is_empty());
         let mut spurious = seg(1, vec![resp(&h[..3], 3)]);
         spurious.segments[0].compacted = 3;
-        assert!(!check_watchers(&h, &[spurious]).problems.is_empty());
+        assert!(!check_watchers(&h, &[spurious], &[]).problems.is_empty());
     }
 
     #[test]
@@ -489,7 +504,7 @@ mod tests {
             ("split", split),
             ("early", early),
         ] {
-            let report = check_watchers(&h, &[log]);
+            let report = check_watchers(&h, &[log], &[]);
             assert!(!report.problems.is_empty(), "{name} passed");
         }
     }

@@ -7,7 +7,7 @@
 //! payload bytes the log stores.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -108,7 +108,8 @@ pub const REMOVED: &str = "cairn: the member has been permanently removed from t
 pub struct NetworkFactory {
     pub removed: Arc<Notify>,
     pub transport: Transport,
-    shared: Arc<Mutex<HashMap<NodeId, Arc<Mutex<Link>>>>>,
+    /// Held by the networks that use them: a peer's link goes when its last network does.
+    shared: Arc<Mutex<HashMap<NodeId, Weak<Mutex<Link>>>>>,
 }
 
 impl NetworkFactory {
@@ -124,17 +125,22 @@ impl NetworkFactory {
 /// Timed-out RPCs in a row after which the connection to a peer is replaced: one that stopped
 /// delivering without being closed (its peer's host vanished, or segments were lost) would
 /// otherwise stall every RPC until HTTP/2 keep-alive gives up on it, and keep-alive pings go
-/// out only while the connection is idle of data. At one RPC per heartbeat this is a couple
-/// of election timeouts.
+/// out only while the connection is idle of data. Each RPC that times out has waited a
+/// heartbeat interval, and a shared connection carries at most a couple at once (a replication
+/// stream's heartbeat and one leadership check), so this is at least about an election timeout.
 const REDIAL_AFTER_TIMEOUTS: u32 = 20;
 
-/// A connection to one peer and how many of its RPCs in a row timed out.
+/// A connection to one peer and how many of its RPCs in a row timed out. `generation` counts
+/// its dials, so an RPC sent on a connection since replaced does not count against the new one.
 struct Link {
     target: NodeId,
     url: Option<String>,
     client: Result<RaftClient<Channel>, String>,
     timeouts: u32,
+    generation: u64,
 }
+
+type Client = RaftClient<Channel>;
 
 impl Link {
     fn dial(target: NodeId, url: Option<String>, transport: &Transport) -> Link {
@@ -143,17 +149,32 @@ impl Link {
             client: dial(target, url.as_deref(), transport),
             url,
             timeouts: 0,
+            generation: 0,
         }
     }
 
-    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RpcErr<E>> {
-        self.client
-            .clone()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))
+    /// Replaces the connection (with one to `url`).
+    fn redial(&mut self, url: Option<String>, transport: &Transport) {
+        let generation = self.generation + 1;
+        *self = Link::dial(self.target, url, transport);
+        self.generation = generation;
     }
 
-    /// Counts timed-out RPCs in a row; replaces the connection after too many.
-    fn observe(&mut self, timed_out: bool, transport: &Transport) {
+    /// The client and the generation of the connection it uses.
+    fn client<E: std::error::Error>(&self) -> Result<(Client, u64), RpcErr<E>> {
+        match &self.client {
+            Ok(c) => Ok((c.clone(), self.generation)),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(e.clone()),
+            ))),
+        }
+    }
+
+    /// Counts timed-out RPCs in a row on the current connection; replaces it after too many.
+    fn observe(&mut self, generation: u64, timed_out: bool, transport: &Transport) {
+        if generation != self.generation {
+            return;
+        }
         if !timed_out {
             self.timeouts = 0;
             return;
@@ -165,7 +186,7 @@ impl Link {
                 timeouts = self.timeouts,
                 "peer connection stopped answering; dialing again"
             );
-            *self = Link::dial(self.target, self.url.take(), transport);
+            self.redial(self.url.clone(), transport);
         }
     }
 }
@@ -177,15 +198,23 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         let url = node.peer_urls.first().cloned();
         let shared = {
             let mut links = self.shared.lock().expect("peer links");
-            let link = links.entry(target).or_insert_with(|| {
-                Arc::new(Mutex::new(Link::dial(target, url.clone(), &self.transport)))
-            });
-            let mut l = link.lock().expect("peer link");
-            if l.url != url {
-                *l = Link::dial(target, url.clone(), &self.transport);
+            links.retain(|_, l| l.strong_count() > 0);
+            match links.get(&target).and_then(Weak::upgrade) {
+                Some(link) => {
+                    let mut l = link.lock().expect("peer link");
+                    if l.url != url {
+                        l.redial(url.clone(), &self.transport);
+                    }
+                    drop(l);
+                    link
+                }
+                None => {
+                    let link =
+                        Arc::new(Mutex::new(Link::dial(target, url.clone(), &self.transport)));
+                    links.insert(target, Arc::downgrade(&link));
+                    link
+                }
             }
-            drop(l);
-            link.clone()
         };
         Network {
             target,
@@ -254,10 +283,7 @@ pub struct Network {
 }
 
 impl Network {
-    fn client<E: std::error::Error>(
-        &mut self,
-        lane: Lane,
-    ) -> Result<RaftClient<Channel>, RpcErr<E>> {
+    fn client<E: std::error::Error>(&mut self, lane: Lane) -> Result<(Client, u64), RpcErr<E>> {
         match lane {
             Lane::Shared => self.shared.lock().expect("peer link").client(),
             Lane::Bulk => {
@@ -269,20 +295,20 @@ impl Network {
         }
     }
 
-    fn observe<T>(&mut self, lane: Lane, result: &Result<T, Status>) {
+    fn observe<T>(&mut self, (lane, generation): (Lane, u64), result: &Result<T, Status>) {
         let timed_out = matches!(
             result,
             Err(s) if matches!(s.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
         );
         match lane {
-            Lane::Shared => self
-                .shared
-                .lock()
-                .expect("peer link")
-                .observe(timed_out, &self.transport),
+            Lane::Shared => self.shared.lock().expect("peer link").observe(
+                generation,
+                timed_out,
+                &self.transport,
+            ),
             Lane::Bulk => {
                 if let Some(own) = &mut self.own {
-                    own.observe(timed_out, &self.transport)
+                    own.observe(generation, timed_out, &self.transport)
                 }
             }
         }
@@ -339,11 +365,9 @@ impl RaftNetwork<TypeConfig> for Network {
         } else {
             Lane::Bulk
         };
-        let result = self
-            .client(lane)?
-            .append_entries(with_timeout(msg, &option))
-            .await;
-        self.observe(lane, &result);
+        let (mut client, generation) = self.client(lane)?;
+        let result = client.append_entries(with_timeout(msg, &option)).await;
+        self.observe((lane, generation), &result);
         let resp = result.map_err(transport_err)?.into_inner();
         if let Some(e) = self.remote(&resp.error) {
             return Err(e);
@@ -371,11 +395,9 @@ impl RaftNetwork<TypeConfig> for Network {
             data: rpc.data,
             done: rpc.done,
         };
-        let result = self
-            .client(Lane::Bulk)?
-            .install_snapshot(with_timeout(msg, &option))
-            .await;
-        self.observe(Lane::Bulk, &result);
+        let (mut client, generation) = self.client(Lane::Bulk)?;
+        let result = client.install_snapshot(with_timeout(msg, &option)).await;
+        self.observe((Lane::Bulk, generation), &result);
         let resp = result.map_err(transport_err)?.into_inner();
         if let Some(e) = self.remote(&resp.error) {
             return Err(e);
@@ -394,11 +416,9 @@ impl RaftNetwork<TypeConfig> for Network {
             vote: Some(vote_to_pb(&rpc.vote)),
             last_log_id: log_id_to_pb(rpc.last_log_id),
         };
-        let result = self
-            .client(Lane::Shared)?
-            .vote(with_timeout(msg, &option))
-            .await;
-        self.observe(Lane::Shared, &result);
+        let (mut client, generation) = self.client(Lane::Shared)?;
+        let result = client.vote(with_timeout(msg, &option)).await;
+        self.observe((Lane::Shared, generation), &result);
         let resp = match result {
             Ok(r) => r.into_inner(),
             Err(s) => {
@@ -543,5 +563,31 @@ impl pb::raft_server::Raft for RaftService {
             },
         };
         Ok(Response::new(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_link_redials_after_timeouts_on_its_current_connection_only() {
+        let url = Some("http://127.0.0.1:9".to_string());
+        let mut link = Link::dial(1, url, &Transport::Tcp);
+        let (_, first) = link.client::<openraft::error::Infallible>().unwrap();
+        for _ in 1..REDIAL_AFTER_TIMEOUTS {
+            link.observe(first, true, &Transport::Tcp);
+        }
+        link.observe(first, false, &Transport::Tcp);
+        for _ in 0..REDIAL_AFTER_TIMEOUTS {
+            link.observe(first, true, &Transport::Tcp);
+        }
+        let (_, second) = link.client::<openraft::error::Infallible>().unwrap();
+        assert_eq!((second, link.timeouts), (first + 1, 0), "redialed once");
+        // Late answers from the replaced connection count for nothing.
+        for _ in 0..REDIAL_AFTER_TIMEOUTS {
+            link.observe(first, true, &Transport::Tcp);
+        }
+        assert_eq!((link.generation, link.timeouts), (second, 0));
     }
 }

@@ -14,7 +14,7 @@ use openraft::SnapshotPolicy;
 use raftlog::network::{NetworkFactory, RaftService};
 use raftlog::state_machine::snapshot_dir;
 use raftlog::{ApplyObserver, LogStore, Member, Raft, StateMachine};
-use store::Writer;
+use store::{Store, Writer};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -321,16 +321,19 @@ pub async fn follow_leadership(
 }
 
 /// Publishes this member's name and client URLs into the membership (etcd's `publish`), once
-/// a leader is there to take it; retries until it is recorded, then fires `ready`, or until
-/// `stop` fires.
+/// a leader is there to take it; retries until it is applied, then fires `ready`, or until
+/// `stop` fires. A member that restarts with its attributes already recorded is ready at once
+/// (etcd proposes them again and waits for a quorum).
 pub async fn publish(
     applier: crate::applier::Applier,
+    store: Store,
     me: crate::member::Member,
     mut stop: watch::Receiver<bool>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     loop {
-        let recorded = crate::membership::members(applier.raft())
+        // Applied, so committed: an appended entry could still be truncated.
+        let recorded = crate::membership::applied_members(&store)
             .into_iter()
             .any(|m| m.id == me.id && m.name == me.name && m.client_urls == me.client_urls);
         if recorded {

@@ -189,6 +189,7 @@ pub async fn run(
         tokio::spawn(crate::quota::run(node.clone(), stop_rx.clone())),
         tokio::spawn(bootstrap::publish(
             applier.clone(),
+            store.clone(),
             node.member.clone(),
             stop_rx.clone(),
             ready_tx,
@@ -233,9 +234,10 @@ pub async fn run(
         match ready_rx.await {
             Ok(()) => {
                 tracing::info!("ready to serve client requests");
-                incoming
+                incoming.left_stream()
             }
-            Err(_) => futures::stream::select_all(Vec::new()),
+            // Stopped before it was ready: only the shutdown signal ends the server.
+            Err(_) => futures::stream::pending().right_stream(),
         }
     })
     .flatten();
