@@ -30,6 +30,11 @@ fn assert_holds(wal: &Wal, from: u64, to: u64) {
     }
 }
 
+/// Where a segment's records end: after its last non-zero byte (the rest is preallocated).
+fn data_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
 fn last_segment(dir: &Path) -> PathBuf {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
@@ -65,8 +70,9 @@ fn a_torn_tail_is_truncated_and_the_log_continues() {
     let seg = last_segment(dir.path());
     let mut partial = Vec::new();
     frame(11, b"never acknowledged", &mut partial);
-    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&partial[..partial.len() - 5]).unwrap();
+    let end = data_end(&fs::read(&seg).unwrap()) as u64;
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&partial[..partial.len() - 5], end).unwrap();
     drop(f);
     let mut wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
     assert_holds(&wal, 1, 10);
@@ -87,7 +93,7 @@ fn a_final_record_with_a_bad_checksum_is_a_torn_write() {
     drop(wal);
     let seg = last_segment(dir.path());
     let mut bytes = fs::read(&seg).unwrap();
-    let n = bytes.len();
+    let n = data_end(&bytes);
     bytes[n - 1] ^= 0xFF;
     fs::write(&seg, bytes).unwrap();
     assert_holds(&Wal::open(dir.path(), WalOptions::default()).unwrap(), 1, 4);
@@ -225,6 +231,7 @@ fn a_zero_filled_tail_is_a_torn_write() {
         drop(wal);
         let seg = last_segment(dir.path());
         let mut bytes = fs::read(&seg).unwrap();
+        bytes.truncate(data_end(&bytes));
         if let Some(keep) = keep_of_last {
             // Record 5 keeps its header and a few payload bytes; the rest became zeros.
             let rec5 = HEADER_LEN as usize + payload(5).len();
@@ -262,4 +269,31 @@ fn a_zero_filled_tail_is_a_torn_write() {
         Wal::open(dir.path(), WalOptions::default()),
         Err(WalError::Corrupt { offset: 0, .. })
     ));
+}
+
+#[test]
+fn the_active_segment_is_preallocated_and_a_closed_one_cut_to_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        segment_bytes_max: 4096,
+    };
+    let mut wal = Wal::open(dir.path(), opts.clone()).unwrap();
+    append_range(&mut wal, 1, 3);
+    let seg = last_segment(dir.path());
+    assert_eq!(fs::metadata(&seg).unwrap().len(), 4096, "preallocated");
+    drop(wal);
+    // A clean reopen finds where the records end, truncates nothing and appends there.
+    let mut wal = Wal::open(dir.path(), opts.clone()).unwrap();
+    assert_holds(&wal, 1, 3);
+    assert_eq!(fs::metadata(&seg).unwrap().len(), 4096);
+    append_range(&mut wal, 4, 200);
+    assert!(wal.segment_count() > 1, "the log rolled");
+    let closed = fs::read(&seg).unwrap();
+    assert_eq!(
+        closed.len(),
+        data_end(&closed),
+        "closed segment cut to its records"
+    );
+    drop(wal);
+    assert_holds(&Wal::open(dir.path(), opts).unwrap(), 1, 200);
 }

@@ -180,11 +180,17 @@ async fn a_torn_last_wal_record_is_dropped_and_nothing_acknowledged_is_lost() {
     torn.extend_from_slice(&0xdead_beefu32.to_le_bytes());
     torn.extend_from_slice(&u64::MAX.to_le_bytes());
     torn.extend_from_slice(&[0x5a; 700]);
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
+    // Written where the records end: the rest of the segment is preallocated zeros.
+    let end = std::fs::read(&segment)
+        .unwrap()
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
         .open(&segment)
         .unwrap();
-    std::io::Write::write_all(&mut f, &torn).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &torn, end).unwrap();
     drop(f);
     s.restart();
     assert!(
