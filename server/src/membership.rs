@@ -165,6 +165,21 @@ fn status(code: tonic::Code, msg: &str) -> Status {
 /// Makes a membership change; call on the leader. Returns the added member (for ADD).
 pub async fn change(raft: &Raft, req: MemberChangeRequest) -> Result<Option<MemberAttrs>, Status> {
     use tonic::Code::FailedPrecondition;
+    // A leader whose own removal is under way keeps openraft's leader state until it stops,
+    // though it is no longer a voter; a change there trips openraft's assertions. It answers
+    // as a non-leader, and the caller retries on the next leader.
+    let leads = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.state == openraft::ServerState::Leader
+            && m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == m.id)
+    };
+    if !leads {
+        return Err(Status::failed_precondition(crate::peer::NOT_LEADER));
+    }
     let current = members(raft);
     let target = req.member.unwrap_or_default();
     let find = |id: u64| current.iter().find(|m| m.id == id).cloned();
