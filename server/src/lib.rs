@@ -20,6 +20,7 @@
 //! - [`date`]: the `date` header in a simulation (from the simulated clock).
 //! - [`kv`], [`watch`], [`lease`], [`cluster`], [`maintenance`], [`auth`]: one file per
 //!   etcd service.
+//! - [`watch_wire`]: the Watch service's gRPC binding, and events encoded once per stream.
 //! - [`http`]: `/health`, `/version`, `/metrics`.
 //! - [`transfer`]: leadership transfer (MoveLeader).
 //! - [`stream`]: server streams that send headers with their first message, as grpc-go does.
@@ -52,6 +53,7 @@ pub mod transfer;
 pub mod validate;
 pub mod watch;
 pub mod watch_hub;
+pub mod watch_wire;
 
 pub use config::{Config, Flags};
 pub use server::run;

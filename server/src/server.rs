@@ -13,7 +13,6 @@ use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use etcd_proto::etcdserverpb::watch_server::WatchServer;
 use etcd_proto::etcdserverpb::AlarmType;
 use futures::StreamExt;
 use store::{BackendOptions, Store};
@@ -36,6 +35,7 @@ use crate::observer::Observer;
 use crate::peer::PeerClients;
 use crate::watch::WatchService;
 use crate::watch_hub::WatchHub;
+use crate::watch_wire::WatchServer;
 
 /// etcd lets gRPC messages exceed `--max-request-bytes` by this much, so that an oversized
 /// request reaches the server and gets etcd's own "request is too large" error.
@@ -202,10 +202,10 @@ pub async fn run(
             KvServer::new(KvService::new(node.clone(), compactor))
                 .max_decoding_message_size(max_recv),
         )
-        .add_service(
-            WatchServer::new(WatchService::new(node.clone(), stop_rx.clone()))
-                .max_decoding_message_size(max_recv),
-        )
+        .add_service(WatchServer::new(
+            WatchService::new(node.clone(), stop_rx.clone()),
+            max_recv,
+        ))
         .add_service(
             LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone()))
                 .max_decoding_message_size(max_recv),

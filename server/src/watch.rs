@@ -7,12 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use etcd_proto::etcdserverpb::watch_create_request::FilterType;
 use etcd_proto::etcdserverpb::watch_request::RequestUnion;
-use etcd_proto::etcdserverpb::watch_server::Watch;
 use etcd_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
-use etcd_proto::mvccpb::{event::EventType, Event, KeyValue};
+use etcd_proto::mvccpb::{event::EventType, Event};
 use futures::StreamExt;
 use prost::Message;
 use store::mvcc::RangeEnd;
@@ -20,7 +18,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;
+use crate::stream::HeadersWithFirst;
 use crate::watch_hub::EventBatch;
+use crate::watch_wire::{encode_header, BatchEncodings, EncodedEvents, WatchOut};
 
 /// Responses queued per stream before the stream task waits for the client.
 pub const WATCH_RESPONSES_QUEUED_MAX: usize = 128;
@@ -40,14 +40,12 @@ impl WatchService {
     }
 }
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = crate::stream::HeadersWithFirst<WatchResponse>;
-
-    async fn watch(
+impl WatchService {
+    /// Opens a watch stream: its own task serves it (see the module comment).
+    pub async fn watch(
         &self,
         request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Result<Response<HeadersWithFirst<WatchOut>>, Status> {
         self.node.reject_learner()?;
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(WATCH_RESPONSES_QUEUED_MAX);
@@ -105,20 +103,6 @@ impl Watcher {
     }
 }
 
-/// `e` with its own buffers (not sharing reference counts with `e`'s).
-fn deep_copy(e: &Event) -> Event {
-    let copy = |kv: &KeyValue| KeyValue {
-        key: Bytes::copy_from_slice(&kv.key),
-        value: Bytes::copy_from_slice(&kv.value),
-        ..*kv
-    };
-    Event {
-        r#type: e.r#type,
-        kv: e.kv.as_ref().map(copy),
-        prev_kv: e.prev_kv.as_ref().map(copy),
-    }
-}
-
 /// A response to watcher `watch_id` (or the stream) with `header`.
 fn with_header(watch_id: i64, header: ResponseHeader) -> WatchResponse {
     WatchResponse {
@@ -133,7 +117,7 @@ struct Closed;
 
 struct WatchStream {
     node: Arc<Node>,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    tx: mpsc::Sender<Result<WatchOut, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
 }
@@ -180,7 +164,11 @@ impl WatchStream {
     }
 
     async fn send(&self, resp: WatchResponse) -> Result<(), Closed> {
-        self.tx.send(Ok(resp)).await.map_err(|_| Closed)
+        self.send_out(WatchOut::Message(resp)).await
+    }
+
+    async fn send_out(&self, out: WatchOut) -> Result<(), Closed> {
+        self.tx.send(Ok(out)).await.map_err(|_| Closed)
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
@@ -359,45 +347,52 @@ impl WatchStream {
             // the store's history, not in the hub.
             return self.catch_up_all().await;
         }
-        // One header for the whole batch: reading the Raft term per watcher costs a lock.
+        // The batch's header and each distinct selection of its events are encoded once for
+        // the whole stream (`watch_wire`); a watcher's response shares those bytes.
         let header = self.node.header(batch.to_rev);
-        // Each watcher gets a reference-counted copy of the events it wants. An event several
-        // watchers here want is first copied for this stream alone, so that their counts are
-        // not one cache line every stream's thread writes; events none wants are left out.
-        let events: Vec<Event> = batch
-            .events
-            .iter()
-            .filter_map(|e| {
-                match self
-                    .watchers
-                    .values()
-                    .filter(|w| w.wants(e))
-                    .take(2)
-                    .count()
-                {
-                    0 => None,
-                    1 => Some(e.clone()),
-                    _ => Some(deep_copy(e)),
-                }
-            })
-            .collect();
+        let header_bytes = encode_header(&header);
+        let mut encodings = BatchEncodings::new(&batch.events);
+        let limit = self.fragment_limit();
+        let mut wanted: Vec<u32> = Vec::new();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
-            let w = self.watchers.get(&id).expect("present");
+            let w = self.watchers.get_mut(&id).expect("present");
             if batch.to_rev < w.next_rev {
                 continue;
             }
-            let events: Vec<Event> = events
-                .iter()
-                .filter(|e| w.wants(e))
-                .map(|e| w.shape(e))
-                .collect();
-            self.send_events(id, events, header.clone()).await?;
+            wanted.clear();
+            wanted.extend(
+                (0..batch.events.len() as u32).filter(|&i| w.wants(&batch.events[i as usize])),
+            );
+            if !wanted.is_empty() {
+                let out = EncodedEvents {
+                    header: header_bytes.clone(),
+                    watch_id: id,
+                    events: encodings.select(&wanted, w.prev_kv),
+                };
+                if w.fragment && wanted.len() > 1 && out.encoded_len() >= limit {
+                    // Too big for one response: etcd splits it into fragments.
+                    let events = wanted
+                        .iter()
+                        .map(|&i| w.shape(&batch.events[i as usize]))
+                        .collect();
+                    self.send_events(id, events, header.clone()).await?;
+                } else {
+                    w.sent_since_tick = true;
+                    self.send_out(WatchOut::Events(out)).await?;
+                }
+            }
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.next_rev = batch.to_rev + 1;
             }
         }
         Ok(())
+    }
+
+    /// The size from which a response to a watcher that asked for fragments is split: etcd's
+    /// `--max-request-bytes` plus gRPC's allowance for framing.
+    fn fragment_limit(&self) -> usize {
+        self.node.config.max_request_bytes + crate::server::GRPC_OVERHEAD_BYTES
     }
 
     /// Sends events for one watcher, split into fragments if it asked for them and the
@@ -418,8 +413,7 @@ impl WatchStream {
         let fragment = w.fragment;
         let mut resp = with_header(id, header.clone());
         resp.events = events;
-        // etcd's threshold: the request limit plus gRPC's allowance for framing.
-        let limit = self.node.config.max_request_bytes + crate::server::GRPC_OVERHEAD_BYTES;
+        let limit = self.fragment_limit();
         if !fragment || resp.events.len() < 2 || resp.encoded_len() < limit {
             return self.send(resp).await;
         }
