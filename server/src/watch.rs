@@ -22,7 +22,8 @@ use crate::stream::HeadersWithFirst;
 use crate::watch_hub::EventBatch;
 use crate::watch_wire::{encode_header, BatchEncodings, EncodedEvents, WatchOut};
 
-/// Responses queued per stream before the stream task waits for the client.
+/// Messages queued per stream before the stream task waits for the client; each is one
+/// response, or the responses of every watcher of the stream to one batch of events.
 pub const WATCH_RESPONSES_QUEUED_MAX: usize = 128;
 /// Events read from history per chunk when a watcher catches up.
 pub const CATCH_UP_EVENTS_MAX: usize = 1000;
@@ -58,7 +59,14 @@ impl WatchService {
             next_id: 0,
         };
         tokio::spawn(stream.run(input, hub, self.shutdown.clone()));
-        Ok(Response::new(crate::stream::headers_with_first(rx).await))
+        let queued = crate::stream::headers_with_first(rx).await;
+        Ok(Response::new(Box::pin(queued.flat_map(|q| {
+            let (outs, err) = match q {
+                Ok(outs) => (outs, None),
+                Err(status) => (Vec::new(), Some(status)),
+            };
+            futures::stream::iter(outs.into_iter().map(Ok).chain(err.map(Err)))
+        }))))
     }
 }
 
@@ -117,7 +125,7 @@ struct Closed;
 
 struct WatchStream {
     node: Arc<Node>,
-    tx: mpsc::Sender<Result<WatchOut, Status>>,
+    tx: mpsc::Sender<Result<Vec<WatchOut>, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
 }
@@ -164,11 +172,15 @@ impl WatchStream {
     }
 
     async fn send(&self, resp: WatchResponse) -> Result<(), Closed> {
-        self.send_out(WatchOut::Message(resp)).await
+        self.send_all(vec![WatchOut::Message(resp)]).await
     }
 
-    async fn send_out(&self, out: WatchOut) -> Result<(), Closed> {
-        self.tx.send(Ok(out)).await.map_err(|_| Closed)
+    /// Queues responses as one message of the stream's channel (nothing if there are none).
+    async fn send_all(&self, outs: Vec<WatchOut>) -> Result<(), Closed> {
+        if outs.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(Ok(outs)).await.map_err(|_| Closed)
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
@@ -354,6 +366,8 @@ impl WatchStream {
         let mut encodings = BatchEncodings::new(&batch.events);
         let limit = self.fragment_limit();
         let mut wanted: Vec<u32> = Vec::new();
+        // Every watcher's response goes into the stream's channel as one message.
+        let mut outs = Vec::new();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let w = self.watchers.get_mut(&id).expect("present");
@@ -376,17 +390,18 @@ impl WatchStream {
                         .iter()
                         .map(|&i| w.shape(&batch.events[i as usize]))
                         .collect();
+                    self.send_all(std::mem::take(&mut outs)).await?;
                     self.send_events(id, events, header.clone()).await?;
                 } else {
                     w.sent_since_tick = true;
-                    self.send_out(WatchOut::Events(out)).await?;
+                    outs.push(WatchOut::Events(out));
                 }
             }
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.next_rev = batch.to_rev + 1;
             }
         }
-        Ok(())
+        self.send_all(outs).await
     }
 
     /// The size from which a response to a watcher that asked for fragments is split: etcd's
