@@ -18,6 +18,8 @@ use tonic::codegen::Service;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::coalesce::CoalescingTcp;
+
 /// A byte stream in either direction: what a custom network's connections are.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -57,7 +59,7 @@ impl fmt::Debug for Transport {
 
 impl Transport {
     /// Listens on `addr`; returns the bound address and the accepted connections (TCP ones
-    /// with Nagle off).
+    /// with Nagle off, coalescing their writes: `coalesce`).
     pub async fn listen(&self, addr: SocketAddr) -> io::Result<(SocketAddr, Incoming)> {
         match self {
             Transport::Tcp => {
@@ -95,7 +97,7 @@ fn tokio_stream_accept(
     futures::stream::unfold(listener, |listener| async move {
         let conn = listener.accept().await.map(|(stream, _)| {
             let _ = stream.set_nodelay(true);
-            Conn::Tcp(stream)
+            Conn::Tcp(CoalescingTcp::new(stream))
         });
         Some((conn, listener))
     })
@@ -129,7 +131,7 @@ impl Service<Uri> for Dialer {
 
 /// One accepted connection.
 pub enum Conn {
-    Tcp(tokio::net::TcpStream),
+    Tcp(CoalescingTcp),
     Custom(Box<dyn Io>),
 }
 
@@ -138,7 +140,7 @@ impl Connected for Conn {
 
     fn connect_info(&self) -> Option<SocketAddr> {
         match self {
-            Conn::Tcp(s) => s.peer_addr().ok(),
+            Conn::Tcp(s) => s.stream().peer_addr().ok(),
             Conn::Custom(_) => None,
         }
     }

@@ -253,6 +253,17 @@ pub async fn run(
     };
     tonic::transport::Server::builder()
         .accept_http1(true)
+        // A request counts as being handled from its arrival until its response is ready:
+        // connections then hold their writes back a moment, so responses go out together
+        // (`raftlog::coalesce`).
+        .layer(tower::util::MapFutureLayer::new(|response| {
+            let handling = raftlog::coalesce::Handling::begin();
+            async move {
+                let r = response.await;
+                drop(handling);
+                r
+            }
+        }))
         .layer(tower::util::MapResponseLayer::new(
             crate::grpc_status::etcd_compatible,
         ))
