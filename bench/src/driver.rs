@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tonic::transport::{Channel, Endpoint};
 
@@ -50,17 +51,33 @@ impl Plan {
     }
 }
 
-/// One connection to `endpoint` (`host:port` or a URL).
+/// Operations under way in this process (every closed-loop client's current one).
+static IN_FLIGHT: netio::Gauge = netio::Gauge::new();
+
+/// One connection to `endpoint` (`host:port` or a URL). Its writes are coalesced (`netio`)
+/// while more than one operation is under way, so concurrent clients' requests share a send,
+/// and the generator spends its CPU on requests rather than on system calls.
 pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {
         format!("http://{endpoint}")
     };
+    let dial = tower::service_fn(|uri: http::Uri| async move {
+        let host = uri.host().unwrap_or("127.0.0.1").to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let busy = || IN_FLIGHT.get() > 1;
+        Ok::<_, std::io::Error>(TokioIo::new(netio::CoalescingTcp::new(stream, busy)))
+    });
     let ch = Endpoint::from_shared(url)?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+        .connect_with_connector(dial)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {endpoint}: {e}"))?;
     Ok(ch)
@@ -239,6 +256,7 @@ where
             let mut rec = Recorder::default();
             while let Some(i) = ticket.take().await {
                 let t = Instant::now();
+                let _under_way = IN_FLIGHT.enter();
                 match tokio::time::timeout(OP_TIMEOUT, op(i)).await {
                     Ok(Ok(None)) => rec.record(t.elapsed()),
                     Ok(Ok(Some(kind))) => rec.record_op(kind, t.elapsed()),

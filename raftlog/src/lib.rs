@@ -14,11 +14,9 @@
 //! - [`snapshot_file`]: the file a snapshot travels in (inline I/O in a simulation).
 //! - [`network`]: the peer transport over gRPC, client and server halves.
 //! - [`transport`]: the network underneath: host TCP, or one the embedder supplies (simulation).
-//! - [`coalesce`]: served TCP connections that put many HTTP/2 frames into one `send`.
 //! - [`determinism`]: what a simulation controls so a member replays exactly (random draws,
 //!   blocking work, the wall clock).
 
-pub mod coalesce;
 pub mod determinism;
 pub mod log_store;
 pub mod meta;

@@ -18,7 +18,12 @@ use tonic::codegen::Service;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::coalesce::CoalescingTcp;
+use netio::{CoalescingTcp, Gauge};
+
+/// Client requests this process has accepted and not yet answered (their handlers' futures
+/// are alive; the server counts them). While there are any, a served connection holds a write
+/// back a moment so that their responses join it (`netio`).
+pub static HANDLING: Gauge = Gauge::new();
 
 /// A byte stream in either direction: what a custom network's connections are.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -59,7 +64,7 @@ impl fmt::Debug for Transport {
 
 impl Transport {
     /// Listens on `addr`; returns the bound address and the accepted connections (TCP ones
-    /// with Nagle off, coalescing their writes: `coalesce`).
+    /// with Nagle off, coalescing their writes while requests are being handled: `HANDLING`).
     pub async fn listen(&self, addr: SocketAddr) -> io::Result<(SocketAddr, Incoming)> {
         match self {
             Transport::Tcp => {
@@ -97,7 +102,7 @@ fn tokio_stream_accept(
     futures::stream::unfold(listener, |listener| async move {
         let conn = listener.accept().await.map(|(stream, _)| {
             let _ = stream.set_nodelay(true);
-            Conn::Tcp(CoalescingTcp::new(stream))
+            Conn::Tcp(CoalescingTcp::new(stream, || HANDLING.get() > 0))
         });
         Some((conn, listener))
     })

@@ -255,9 +255,9 @@ pub async fn run(
         .accept_http1(true)
         // A request counts as being handled from its arrival until its response is ready:
         // connections then hold their writes back a moment, so responses go out together
-        // (`raftlog::coalesce`).
+        // (`raftlog::transport::HANDLING`).
         .layer(tower::util::MapFutureLayer::new(|response| {
-            let handling = raftlog::coalesce::Handling::begin();
+            let handling = raftlog::transport::HANDLING.enter();
             async move {
                 let r = response.await;
                 drop(handling);

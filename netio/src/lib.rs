@@ -1,7 +1,7 @@
-//! A served TCP connection that puts many HTTP/2 frames into one `send`. On loopback the
-//! kernel's TCP path (which also runs the receiver's side) was half of the server's CPU,
-//! because hyper's HTTP/2 connection wrote almost every response with a system call or two of
-//! its own. Two things caused that, and this type undoes both:
+//! TCP connections that put many HTTP/2 frames into one `send`. On loopback the kernel's TCP
+//! path (which also runs the receiver's side) was half of the server's CPU, because hyper's
+//! HTTP/2 connection wrote almost every response with a system call or two of its own. Two
+//! things caused that, and [`CoalescingTcp`] undoes both:
 //!
 //! - h2 copies a DATA frame's payload into its write buffer only below a threshold: 256 bytes
 //!   when the connection says it can write vectored I/O, 1,024 when it cannot. A larger
@@ -10,14 +10,15 @@
 //!   trailers. This connection says it cannot write vectored I/O.
 //! - A request's handler runs as a task of its own; when it finishes it wakes the connection's
 //!   task, which tokio runs next, so each response went out alone while the handlers of the
-//!   requests that arrived with it were still queued. While any client request is being
-//!   handled ([`Handling`]), this connection yields once before a write, so those handlers
-//!   run first and their responses join the same write. With nothing else in flight (a lone
-//!   client) it writes at once, adding no latency.
+//!   requests that arrived with it were still queued. While its owner says more frames are
+//!   on their way (the connection's `busy` function: in the server, any client request being
+//!   handled), the connection yields once before a write, so those tasks run first and their
+//!   frames join the same write. Otherwise (a lone client) it writes at once, adding no
+//!   latency.
 //!
-//! Measured with `cairn-bench range --consistency s --clients 256 --conns 16` against one
-//! member: system calls that send, per response, 1.78 → 0.09, and server CPU per request
-//! 14.5 → 8.1 µs.
+//! The load generator's connections do the same for requests. Measured with `cairn-bench
+//! range --consistency s --clients 256 --conns 16` against one member: system calls that send,
+//! per response, 1.78 → 0.09, and server CPU per request 14.5 → 8.1 µs.
 
 use std::io;
 use std::pin::Pin;
@@ -27,37 +28,55 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Client requests this process has accepted and not yet answered (their handlers' futures
-/// are alive).
-static HANDLING: AtomicUsize = AtomicUsize::new(0);
+/// A count of things under way (requests being handled, requests awaiting their responses),
+/// kept in a `static` that a connection's `busy` function reads.
+pub struct Gauge(AtomicUsize);
 
-/// Counts one request as being handled for as long as it lives.
-pub struct Handling(());
+impl Gauge {
+    pub const fn new() -> Gauge {
+        Gauge(AtomicUsize::new(0))
+    }
 
-impl Handling {
-    pub fn begin() -> Handling {
-        HANDLING.fetch_add(1, Ordering::Relaxed);
-        Handling(())
+    /// Counts one more until the returned guard is dropped.
+    pub fn enter(&'static self) -> Entered {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Entered(self)
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
-impl Drop for Handling {
+impl Default for Gauge {
+    fn default() -> Self {
+        Gauge::new()
+    }
+}
+
+/// One count of a [`Gauge`], for as long as it lives.
+pub struct Entered(&'static Gauge);
+
+impl Drop for Entered {
     fn drop(&mut self) {
-        HANDLING.fetch_sub(1, Ordering::Relaxed);
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// An accepted TCP connection that coalesces writes (see the module comment).
+/// A TCP connection that coalesces writes (see the crate comment).
 pub struct CoalescingTcp {
     stream: TcpStream,
+    /// Whether more frames are on their way, so a write may wait for them.
+    busy: fn() -> bool,
     /// Whether this connection has yielded since its last flush.
     yielded: bool,
 }
 
 impl CoalescingTcp {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: TcpStream, busy: fn() -> bool) -> Self {
         CoalescingTcp {
             stream,
+            busy,
             yielded: false,
         }
     }
@@ -84,7 +103,7 @@ impl AsyncWrite for CoalescingTcp {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if !this.yielded && HANDLING.load(Ordering::Relaxed) > 0 {
+        if !this.yielded && (this.busy)() {
             // Waking itself puts the task behind the tasks already queued (tokio treats it as
             // a yield); the write happens when it runs again.
             this.yielded = true;
@@ -132,25 +151,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_yields_once_per_flush_only_while_requests_are_handled() {
+    async fn a_connection_yields_once_per_flush_only_while_busy() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let mut conn = CoalescingTcp::new(listener.accept().await.unwrap().0);
+        static HANDLING: Gauge = Gauge::new();
+        let mut conn =
+            CoalescingTcp::new(listener.accept().await.unwrap().0, || HANDLING.get() > 0);
         assert!(!conn.is_write_vectored(), "h2 must copy small frames");
         let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut write = |conn: &mut CoalescingTcp, bytes: &[u8]| {
-            Pin::new(conn).poll_write(&mut cx, bytes)
-        };
+        let mut write =
+            |conn: &mut CoalescingTcp, bytes: &[u8]| Pin::new(conn).poll_write(&mut cx, bytes);
 
         // Nothing being handled: written at once.
         assert!(matches!(write(&mut conn, b"a"), Poll::Ready(Ok(1))));
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
 
-        let handling = Handling::begin();
+        let handling = HANDLING.enter();
         // The first write of a flush yields (and wakes the task to run it again)...
         assert!(write(&mut conn, b"b").is_pending());
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
