@@ -63,8 +63,18 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
     } else {
         format!("http://{endpoint}")
     };
+    anyhow::ensure!(
+        !url.starts_with("https://"),
+        "{endpoint}: the load generator speaks plain-text gRPC only"
+    );
     let dial = tower::service_fn(|uri: http::Uri| async move {
-        let host = uri.host().unwrap_or("127.0.0.1").to_string();
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "endpoint has no host");
+        // An IPv6 literal comes in brackets.
+        let host = uri.host().ok_or_else(bad)?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(80);
         let stream = tokio::time::timeout(
             Duration::from_secs(5),

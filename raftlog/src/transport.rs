@@ -21,8 +21,11 @@ use tonic::transport::{Channel, Endpoint};
 use netio::{CoalescingTcp, Gauge};
 
 /// Client requests this process has accepted and not yet answered (their handlers' futures
-/// are alive; the server counts them). While there are any, a served connection holds a write
-/// back a moment so that their responses join it (`netio`).
+/// are alive; the server counts them). While there are any, a served client connection holds
+/// a write back a moment so that their responses join it (`netio`). A streaming call counts
+/// until its handler returns its stream (for Watch and LeaseKeepAlive, once the first message
+/// is ready): until then connections yield once per write, which costs a scheduling round,
+/// never a stall.
 pub static HANDLING: Gauge = Gauge::new();
 
 /// A byte stream in either direction: what a custom network's connections are.
@@ -63,14 +66,20 @@ impl fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Listens on `addr`; returns the bound address and the accepted connections (TCP ones
-    /// with Nagle off, coalescing their writes while requests are being handled: `HANDLING`).
-    pub async fn listen(&self, addr: SocketAddr) -> io::Result<(SocketAddr, Incoming)> {
+    /// Listens on `addr`; returns the bound address and the accepted connections. TCP ones
+    /// have Nagle off and coalesce their writes (`netio`) while `busy` says more responses
+    /// are on their way: `clients_busy` for the client port; the peer port, whose responses
+    /// are one at a time, passes `never_busy`.
+    pub async fn listen(
+        &self,
+        addr: SocketAddr,
+        busy: fn() -> bool,
+    ) -> io::Result<(SocketAddr, Incoming)> {
         match self {
             Transport::Tcp => {
                 let listener = tokio::net::TcpListener::bind(addr).await?;
                 let local = listener.local_addr()?;
-                let incoming = tokio_stream_accept(listener).boxed();
+                let incoming = tokio_stream_accept(listener, busy).boxed();
                 Ok((local, incoming))
             }
             Transport::Custom(net) => net.listen(addr).await,
@@ -96,13 +105,24 @@ impl Transport {
     }
 }
 
+/// Whether client requests are being handled (see `HANDLING`).
+pub fn clients_busy() -> bool {
+    HANDLING.get() > 0
+}
+
+/// Never hold a write back.
+pub fn never_busy() -> bool {
+    false
+}
+
 fn tokio_stream_accept(
     listener: tokio::net::TcpListener,
+    busy: fn() -> bool,
 ) -> impl futures::Stream<Item = io::Result<Conn>> {
-    futures::stream::unfold(listener, |listener| async move {
+    futures::stream::unfold(listener, move |listener| async move {
         let conn = listener.accept().await.map(|(stream, _)| {
             let _ = stream.set_nodelay(true);
-            Conn::Tcp(CoalescingTcp::new(stream, || HANDLING.get() > 0))
+            Conn::Tcp(CoalescingTcp::new(stream, busy))
         });
         Some((conn, listener))
     })

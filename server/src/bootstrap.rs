@@ -218,15 +218,14 @@ pub async fn serve_peers(
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let mut incoming = Vec::new();
     for addr in &config.listen_peer {
-        let (bound, conns) =
-            config
-                .transport
-                .listen(*addr)
-                .await
-                .map_err(|source| ServerError::Io {
-                    context: format!("listening for peers on {addr}"),
-                    source,
-                })?;
+        let (bound, conns) = config
+            .transport
+            .listen(*addr, raftlog::transport::never_busy)
+            .await
+            .map_err(|source| ServerError::Io {
+                context: format!("listening for peers on {addr}"),
+                source,
+            })?;
         tracing::info!(address = %bound, "serving peer traffic");
         incoming.push(conns);
     }

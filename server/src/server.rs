@@ -221,7 +221,7 @@ pub async fn run(
     for addr in &config.listen_client {
         let (bound, conns) = config
             .transport
-            .listen(*addr)
+            .listen(*addr, raftlog::transport::clients_busy)
             .await
             .map_err(io_err(format!("listening on {addr}")))?;
         tracing::info!(address = %bound, "serving client traffic (gRPC and HTTP)");

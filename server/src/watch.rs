@@ -20,10 +20,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::node::Node;
 use crate::stream::HeadersWithFirst;
 use crate::watch_hub::EventBatch;
-use crate::watch_wire::{encode_header, BatchEncodings, EncodedEvents, WatchOut};
+use crate::watch_wire::{encode_header, watch_id_len, BatchEncodings, EncodedEvents, WatchOut};
 
-/// Messages queued per stream before the stream task waits for the client; each is one
-/// response, or the responses of every watcher of the stream to one batch of events.
+/// Responses queued per stream before the stream task waits for the client.
 pub const WATCH_RESPONSES_QUEUED_MAX: usize = 128;
 /// Events read from history per chunk when a watcher catches up.
 pub const CATCH_UP_EVENTS_MAX: usize = 1000;
@@ -39,9 +38,7 @@ impl WatchService {
     pub fn new(node: Arc<Node>, shutdown: watch::Receiver<bool>) -> Self {
         WatchService { node, shutdown }
     }
-}
 
-impl WatchService {
     /// Opens a watch stream: its own task serves it (see the module comment).
     pub async fn watch(
         &self,
@@ -59,14 +56,7 @@ impl WatchService {
             next_id: 0,
         };
         tokio::spawn(stream.run(input, hub, self.shutdown.clone()));
-        let queued = crate::stream::headers_with_first(rx).await;
-        Ok(Response::new(Box::pin(queued.flat_map(|q| {
-            let (outs, err) = match q {
-                Ok(outs) => (outs, None),
-                Err(status) => (Vec::new(), Some(status)),
-            };
-            futures::stream::iter(outs.into_iter().map(Ok).chain(err.map(Err)))
-        }))))
+        Ok(Response::new(crate::stream::headers_with_first(rx).await))
     }
 }
 
@@ -125,7 +115,7 @@ struct Closed;
 
 struct WatchStream {
     node: Arc<Node>,
-    tx: mpsc::Sender<Result<Vec<WatchOut>, Status>>,
+    tx: mpsc::Sender<Result<WatchOut, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
 }
@@ -172,15 +162,11 @@ impl WatchStream {
     }
 
     async fn send(&self, resp: WatchResponse) -> Result<(), Closed> {
-        self.send_all(vec![WatchOut::Message(resp)]).await
+        self.send_out(WatchOut::Message(resp)).await
     }
 
-    /// Queues responses as one message of the stream's channel (nothing if there are none).
-    async fn send_all(&self, outs: Vec<WatchOut>) -> Result<(), Closed> {
-        if outs.is_empty() {
-            return Ok(());
-        }
-        self.tx.send(Ok(outs)).await.map_err(|_| Closed)
+    async fn send_out(&self, out: WatchOut) -> Result<(), Closed> {
+        self.tx.send(Ok(out)).await.map_err(|_| Closed)
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
@@ -364,13 +350,10 @@ impl WatchStream {
         let header = self.node.header(batch.to_rev);
         let header_bytes = encode_header(&header);
         let mut encodings = BatchEncodings::new(&batch.events);
-        let limit = self.fragment_limit();
         let mut wanted: Vec<u32> = Vec::new();
-        // Every watcher's response goes into the stream's channel as one message.
-        let mut outs = Vec::new();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
-            let w = self.watchers.get_mut(&id).expect("present");
+            let w = self.watchers.get(&id).expect("present");
             if batch.to_rev < w.next_rev {
                 continue;
             }
@@ -378,30 +361,45 @@ impl WatchStream {
             wanted.extend(
                 (0..batch.events.len() as u32).filter(|&i| w.wants(&batch.events[i as usize])),
             );
+            let (fragment, prev_kv) = (w.fragment, w.prev_kv);
             if !wanted.is_empty() {
-                let out = EncodedEvents {
-                    header: header_bytes.clone(),
-                    watch_id: id,
-                    events: encodings.select(&wanted, w.prev_kv),
-                };
-                if w.fragment && wanted.len() > 1 && out.encoded_len() >= limit {
-                    // Too big for one response: etcd splits it into fragments.
+                // Measured before anything is encoded: a response that splits is never whole.
+                let splits = self.splits(fragment, wanted.len(), || {
+                    header_bytes.len()
+                        + watch_id_len(id)
+                        + encodings.selection_len(&wanted, prev_kv)
+                });
+                if splits {
+                    let w = self.watchers.get(&id).expect("present");
                     let events = wanted
                         .iter()
                         .map(|&i| w.shape(&batch.events[i as usize]))
                         .collect();
-                    self.send_all(std::mem::take(&mut outs)).await?;
                     self.send_events(id, events, header.clone()).await?;
                 } else {
-                    w.sent_since_tick = true;
-                    outs.push(WatchOut::Events(out));
+                    let out = EncodedEvents {
+                        header: header_bytes.clone(),
+                        watch_id: id,
+                        events: encodings.select(&wanted, prev_kv),
+                    };
+                    if let Some(w) = self.watchers.get_mut(&id) {
+                        w.sent_since_tick = true;
+                    }
+                    self.send_out(WatchOut::Events(out)).await?;
                 }
             }
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.next_rev = batch.to_rev + 1;
             }
         }
-        self.send_all(outs).await
+        Ok(())
+    }
+
+    /// etcd's rule for a watcher that asked for fragments: a response of more than one event
+    /// whose encoding (`len`) reaches `--max-request-bytes` plus gRPC's 512 KiB allowance is
+    /// split.
+    fn splits(&self, fragment: bool, events: usize, len: impl FnOnce() -> usize) -> bool {
+        fragment && events > 1 && len() >= self.fragment_limit()
     }
 
     /// The size from which a response to a watcher that asked for fragments is split: etcd's
@@ -428,10 +426,10 @@ impl WatchStream {
         let fragment = w.fragment;
         let mut resp = with_header(id, header.clone());
         resp.events = events;
-        let limit = self.fragment_limit();
-        if !fragment || resp.events.len() < 2 || resp.encoded_len() < limit {
+        if !self.splits(fragment, resp.events.len(), || resp.encoded_len()) {
             return self.send(resp).await;
         }
+        let limit = self.fragment_limit();
         // etcd's rule: fill a fragment until one more event would reach the limit (a fragment
         // always holds at least one event); every fragment but the last is marked.
         let all = std::mem::take(&mut resp.events);

@@ -50,15 +50,19 @@ pub struct EncodedEvents {
     pub events: Bytes,
 }
 
+/// The length of `WatchResponse.watch_id` as prost writes it (nothing for 0).
+pub fn watch_id_len(watch_id: i64) -> usize {
+    if watch_id != 0 {
+        encoding::int64::encoded_len(WATCH_ID_FIELD, &watch_id)
+    } else {
+        0
+    }
+}
+
 impl EncodedEvents {
     /// The response's encoded length (what prost's `encoded_len` would say).
     pub fn encoded_len(&self) -> usize {
-        let id = if self.watch_id != 0 {
-            encoding::int64::encoded_len(WATCH_ID_FIELD, &self.watch_id)
-        } else {
-            0
-        };
-        self.header.len() + id + self.events.len()
+        self.header.len() + watch_id_len(self.watch_id) + self.events.len()
     }
 
     /// Writes the response, its fields in field-number order as prost writes them.
@@ -83,16 +87,7 @@ pub fn encode_header(header: &ResponseHeader) -> Bytes {
 /// into a new `Event` first.
 pub fn encode_event(e: &Event, with_prev_kv: bool, buf: &mut BytesMut) {
     let prev_kv = e.prev_kv.as_ref().filter(|_| with_prev_kv);
-    let mut len = 0;
-    if e.r#type != 0 {
-        len += encoding::int32::encoded_len(1, &e.r#type);
-    }
-    if let Some(kv) = &e.kv {
-        len += encoding::message::encoded_len(2, kv);
-    }
-    if let Some(prev) = prev_kv {
-        len += encoding::message::encoded_len(3, prev);
-    }
+    let len = event_len(e, with_prev_kv);
     encoding::encode_key(EVENTS_FIELD, WireType::LengthDelimited, buf);
     encoding::encode_varint(len as u64, buf);
     if e.r#type != 0 {
@@ -104,6 +99,27 @@ pub fn encode_event(e: &Event, with_prev_kv: bool, buf: &mut BytesMut) {
     if let Some(prev) = prev_kv {
         encoding::message::encode(3, prev, buf);
     }
+}
+
+/// The length of the `Event` message `encode_event` writes (without its tag and length).
+fn event_len(e: &Event, with_prev_kv: bool) -> usize {
+    let mut len = 0;
+    if e.r#type != 0 {
+        len += encoding::int32::encoded_len(1, &e.r#type);
+    }
+    if let Some(kv) = &e.kv {
+        len += encoding::message::encoded_len(2, kv);
+    }
+    if let Some(prev) = e.prev_kv.as_ref().filter(|_| with_prev_kv) {
+        len += encoding::message::encoded_len(3, prev);
+    }
+    len
+}
+
+/// What `encode_event` appends for `e`, in bytes.
+pub fn event_field_len(e: &Event, with_prev_kv: bool) -> usize {
+    let len = event_len(e, with_prev_kv);
+    encoding::key_len(EVENTS_FIELD) + encoding::encoded_len_varint(len as u64) + len
 }
 
 /// The encoded events field for each distinct selection of a batch's events that the
@@ -123,6 +139,14 @@ impl<'a> BatchEncodings<'a> {
             events,
             made: Vec::new(),
         }
+    }
+
+    /// The length of what `select` returns for the same arguments, without encoding.
+    pub fn selection_len(&self, indices: &[u32], with_prev_kv: bool) -> usize {
+        indices
+            .iter()
+            .map(|&i| event_field_len(&self.events[i as usize], with_prev_kv))
+            .sum()
     }
 
     /// The events at `indices`, in order, as `WatchResponse`'s field 11.

@@ -77,6 +77,9 @@ fn watched_key(n: usize) -> Vec<u8> {
     format!("/bench/watch/{n:06}").into_bytes()
 }
 
+/// Events a watch stream counts before it publishes them to the run's shared counters.
+const PUBLISH_EVERY: u64 = 1024;
+
 /// Receives what the watchers on one stream were sent: the event count and latencies.
 struct StreamResult {
     events: u64,
@@ -137,10 +140,17 @@ async fn start_watchers(
                 rec: Recorder::default(),
             };
             // The counters every stream shares are updated once per burst of responses, not
-            // per response: ten streams bumping one cache line cost the generator more CPU per
-            // event than decoding it.
+            // per response (ten streams bumping one cache line), and at least every
+            // `PUBLISH_EVERY` events, so a stream that never runs dry still shows progress. It
+            // yields as often, so a busy stream does not hold its thread.
             let (mut unpublished, mut newest_us) = (0u64, 0u64);
             loop {
+                if unpublished >= PUBLISH_EVERY {
+                    last_event_us.fetch_max(newest_us, Ordering::Relaxed);
+                    received.fetch_add(unpublished, Ordering::Relaxed);
+                    unpublished = 0;
+                    tokio::task::yield_now().await;
+                }
                 let ready = match stop.has_changed() {
                     Ok(false) => inbound.next().now_or_never(),
                     _ => break,

@@ -6,7 +6,7 @@ use etcd_proto::mvccpb::{Event, KeyValue};
 use proptest::prelude::*;
 use prost::Message;
 
-use super::{encode_header, BatchEncodings, EncodedEvents};
+use super::{encode_header, watch_id_len, BatchEncodings, EncodedEvents};
 
 fn key_value() -> impl Strategy<Value = KeyValue> {
     (
@@ -111,6 +111,11 @@ proptest! {
             let (bytes, len) = ours(&header_bytes, watch_id, encodings.select(&indices, flag));
             let expected = prost_bytes(&h, watch_id, &events, &indices, flag);
             prop_assert_eq!(len, expected.len());
+            prop_assert_eq!(
+                header_bytes.len() + watch_id_len(watch_id) + encodings.selection_len(&indices, flag),
+                expected.len(),
+                "the length known before encoding"
+            );
             prop_assert_eq!(bytes, expected);
         }
     }
