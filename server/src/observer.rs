@@ -65,11 +65,7 @@ impl ApplyObserver for Observer {
             self.waiters.resolve(p.id, p.result);
         }
         if !events.is_empty() {
-            self.hub.publish(EventBatch {
-                to_rev: revision,
-                events,
-                resync: false,
-            });
+            self.hub.publish(EventBatch::new(revision, events, false));
         }
     }
 
@@ -81,10 +77,7 @@ impl ApplyObserver for Observer {
         }
         self.follow_nospace();
         // Watchers catch up from the restored history.
-        self.hub.publish(EventBatch {
-            to_rev: revision,
-            events: Vec::new(),
-            resync: true,
-        });
+        self.hub
+            .publish(EventBatch::new(revision, Vec::new(), true));
     }
 }

@@ -81,6 +81,13 @@ pub async fn run(
             block_cache_bytes: config.block_cache_bytes,
             background_compactions: !raftlog::determinism::simulated(),
             flush_on_close: !raftlog::determinism::simulated(),
+            // A simulation's few keys would all stay remembered: a small memory makes its
+            // writes take both paths, remembered and read from the store.
+            recent_keys: if raftlog::determinism::simulated() {
+                16
+            } else {
+                BackendOptions::default().recent_keys
+            },
         },
     )?;
     let identity = bootstrap::identity(&config).await?;

@@ -349,7 +349,9 @@ impl WatchStream {
         // the whole stream (`watch_wire`); a watcher's response shares those bytes.
         let header = self.node.header(batch.to_rev);
         let header_bytes = encode_header(&header);
-        let mut encodings = BatchEncodings::new(&batch.events);
+        let mut plain = BatchEncodings::new(&batch.events);
+        // Only if a watcher asks for prev_kv are the events' previous versions read.
+        let mut with_prev: Option<BatchEncodings> = None;
         let mut wanted: Vec<u32> = Vec::new();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
@@ -363,6 +365,13 @@ impl WatchStream {
             );
             let (fragment, prev_kv) = (w.fragment, w.prev_kv);
             if !wanted.is_empty() {
+                let encodings = if prev_kv {
+                    with_prev.get_or_insert_with(|| {
+                        BatchEncodings::new(batch.with_prev_kv(&self.node.store))
+                    })
+                } else {
+                    &mut plain
+                };
                 // Measured before anything is encoded: a response that splits is never whole.
                 let splits = self.splits(fragment, wanted.len(), || {
                     header_bytes.len()
@@ -371,10 +380,8 @@ impl WatchStream {
                 });
                 if splits {
                     let w = self.watchers.get(&id).expect("present");
-                    let events = wanted
-                        .iter()
-                        .map(|&i| w.shape(&batch.events[i as usize]))
-                        .collect();
+                    let all = encodings.events();
+                    let events = wanted.iter().map(|&i| w.shape(&all[i as usize])).collect();
                     self.send_events(id, events, header.clone()).await?;
                 } else {
                     let out = EncodedEvents {

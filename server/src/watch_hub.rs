@@ -3,9 +3,10 @@
 //! stream that falls more than `HUB_BATCHES_MAX` batches behind is told it lagged and catches
 //! up from the store's history instead (etcd's unsynced watchers).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use etcd_proto::mvccpb::Event;
+use store::Store;
 use tokio::sync::broadcast;
 
 /// Batches kept for slow readers before they must catch up from storage.
@@ -16,10 +17,42 @@ pub const HUB_BATCHES_MAX: usize = 1024;
 pub struct EventBatch {
     /// The newest revision the batch covers (events may end earlier if revisions had none).
     pub to_rev: i64,
-    /// Events in revision order, with `prev_kv` filled where the key existed.
+    /// Events in revision order, without `prev_kv` (the write path does not read it).
     pub events: Vec<Event>,
     /// Set when the store jumped (a snapshot was installed): watchers catch up from history.
     pub resync: bool,
+    /// The events with `prev_kv` filled, read once, when a watcher first asks for them.
+    with_prev_kv: OnceLock<Vec<Event>>,
+}
+
+impl EventBatch {
+    pub fn new(to_rev: i64, events: Vec<Event>, resync: bool) -> Self {
+        EventBatch {
+            to_rev,
+            events,
+            resync,
+            with_prev_kv: OnceLock::new(),
+        }
+    }
+
+    /// The events with their `prev_kv`s (`Store::prev_kvs`), read from `store` by the first
+    /// caller and shared with the others. A read that fails leaves them out, as etcd does.
+    pub fn with_prev_kv(&self, store: &Store) -> &[Event] {
+        self.with_prev_kv.get_or_init(|| {
+            let prevs = store.prev_kvs(&self.events).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "reading the events' prev_kv failed");
+                vec![None; self.events.len()]
+            });
+            self.events
+                .iter()
+                .zip(prevs)
+                .map(|(e, prev_kv)| Event {
+                    prev_kv,
+                    ..e.clone()
+                })
+                .collect()
+        })
+    }
 }
 
 #[derive(Clone)]

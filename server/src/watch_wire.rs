@@ -141,6 +141,11 @@ impl<'a> BatchEncodings<'a> {
         }
     }
 
+    /// The events selections are made from.
+    pub fn events(&self) -> &'a [Event] {
+        self.events
+    }
+
     /// The length of what `select` returns for the same arguments, without encoding.
     pub fn selection_len(&self, indices: &[u32], with_prev_kv: bool) -> usize {
         indices

@@ -49,6 +49,9 @@ pub struct BackendOptions {
     /// store, and that must lose what a `kill -9` loses, everything not yet flushed, so that
     /// every crash in a simulation exercises Raft re-applying it.
     pub flush_on_close: bool,
+    /// Keys per generation of the writer's memory of recently written keys (`recent`); about
+    /// 100 bytes each, two generations at most. 0 reads every key's newest version from RocksDB.
+    pub recent_keys: usize,
 }
 
 impl Default for BackendOptions {
@@ -57,6 +60,7 @@ impl Default for BackendOptions {
             block_cache_bytes: 64 << 20,
             background_compactions: true,
             flush_on_close: true,
+            recent_keys: 100_000,
         }
     }
 }

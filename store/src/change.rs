@@ -1,11 +1,14 @@
 //! `Change`: the changes of one write request at one revision, built in a RocksDB write batch
 //! before anything is written: puts, deletes, lease attachments and watch events, and txns with
 //! their compares, checks and nested branches. Reads inside a txn see its own earlier writes
-//! through an overlay, as etcd's write txns do.
+//! through an overlay, as etcd's write txns do. A write reads only the fields of a key's
+//! newest version that it needs (`recent` usually has them), and its watch events carry no
+//! `prev_kv`: watchers that ask for it read it with `Store::prev_kvs`, as etcd's do.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+use etcd_proto::etcdserverpb::compare::CompareTarget;
 use etcd_proto::etcdserverpb::{
     request_op, response_op, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
@@ -16,6 +19,7 @@ use rocksdb::{DBRawIterator, WriteBatch, DB};
 use crate::backend::{self, CF_KEY, CF_LEASE, CF_REV};
 use crate::mvcc::{self, RangeEnd};
 use crate::range::{self, RangeSource};
+use crate::recent::{Meta, Recent};
 use crate::revision::Revision;
 use crate::store::Store;
 use crate::writer::{cf, lease_exists};
@@ -35,6 +39,11 @@ pub(crate) struct Change<'a> {
     pub(crate) batch: WriteBatch,
     /// Keys this request changed: `None` = deleted. Reads inside a txn consult it first.
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Keys written lately, as of `base`: consulted before the store.
+    recent: &'a Recent,
+    /// What this request read from the store about keys `recent` did not know, as of `base`:
+    /// read once per request, and remembered after it.
+    learned: RefCell<Vec<(Vec<u8>, Option<Meta>)>>,
     pub(crate) events: Vec<Event>,
     /// One iterator over the `key` family serves every read of the request: creating one
     /// costs more than a seek. (It reads the store as of its creation, which is the state
@@ -43,9 +52,11 @@ pub(crate) struct Change<'a> {
 }
 
 impl<'a> Change<'a> {
-    pub(crate) fn new(db: &'a DB, base: i64, compacted: i64) -> Self {
+    pub(crate) fn new(db: &'a DB, base: i64, compacted: i64, recent: &'a Recent) -> Self {
         Change {
             db,
+            recent,
+            learned: RefCell::new(Vec::new()),
             base,
             rev: base + 1,
             compacted,
@@ -55,6 +66,18 @@ impl<'a> Change<'a> {
             events: Vec::new(),
             key_iter: RefCell::new(None),
         }
+    }
+
+    /// The batch to write, the events, and each key's state after the request (for
+    /// `Recent`): those it read first, then those it changed, which supersede them.
+    pub(crate) fn into_parts(self) -> (WriteBatch, Vec<Event>, Vec<(Vec<u8>, Option<Meta>)>) {
+        let mut states = self.learned.into_inner();
+        states.extend(
+            self.overlay
+                .into_iter()
+                .map(|(k, v)| (k, v.as_ref().map(Meta::of))),
+        );
+        (self.batch, self.events, states)
     }
 
     /// The revision reads inside this request see: etcd's `beginRev`, plus one once written.
@@ -91,15 +114,21 @@ impl<'a> Change<'a> {
         )
     }
 
-    /// An event's `prev_kv`, as etcd defines it: the key at the previous revision, so a key
-    /// changed twice in one txn reports its state before the txn both times (etcd's watch
-    /// reads it with a range at `mod_revision - 1`).
-    fn event_prev(&self, key: &[u8], current: Option<&KeyValue>) -> Result<Option<KeyValue>> {
-        if self.overlay.contains_key(key) {
-            self.get_before(key)
-        } else {
-            Ok(current.cloned())
+    /// The newest version of `key` as this request sees it, without its value: from the
+    /// request's own writes, else from what the writer remembers, else from the store.
+    fn meta(&self, key: &[u8]) -> Result<Option<Meta>> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.as_ref().map(Meta::of));
         }
+        if let Some(known) = self.recent.get(key) {
+            return Ok(known);
+        }
+        if let Some((_, known)) = self.learned.borrow().iter().find(|(k, _)| k == key) {
+            return Ok(*known);
+        }
+        let read = self.get_before(key)?.as_ref().map(Meta::of);
+        self.learned.borrow_mut().push((key.to_vec(), read));
+        Ok(read)
     }
 
     /// Live versions in `[key, range_end)` as this request sees them, in key order.
@@ -112,27 +141,37 @@ impl<'a> Change<'a> {
     }
 
     pub(crate) fn put(&mut self, p: &PutRequest) -> Result<PutResponse> {
-        let prev = self.get(&p.key)?;
-        if (p.ignore_value || p.ignore_lease) && prev.is_none() {
+        // The previous value is read only when the request needs it.
+        let prev = if p.ignore_value || p.prev_kv {
+            self.get(&p.key)?
+        } else {
+            None
+        };
+        let meta = match &prev {
+            Some(kv) => Some(Meta::of(kv)),
+            None if p.ignore_value || p.prev_kv => None,
+            None => self.meta(&p.key)?,
+        };
+        if (p.ignore_value || p.ignore_lease) && meta.is_none() {
             return Err(Error::KeyNotFound);
         }
         let value = match (&prev, p.ignore_value) {
             (Some(prev), true) => prev.value.clone(),
             _ => p.value.clone().into(),
         };
-        let lease = match (&prev, p.ignore_lease) {
+        let lease = match (&meta, p.ignore_lease) {
             (Some(prev), true) => prev.lease,
             _ => p.lease,
         };
         let kv = KeyValue {
             key: p.key.clone().into(),
-            create_revision: prev.as_ref().map_or(self.rev, |k| k.create_revision),
+            create_revision: meta.map_or(self.rev, |m| m.create_revision),
             mod_revision: self.rev,
-            version: prev.as_ref().map_or(1, |k| k.version + 1),
+            version: meta.map_or(1, |m| m.version + 1),
             value,
             lease,
         };
-        let prev_lease = prev.as_ref().map_or(0, |k| k.lease);
+        let prev_lease = meta.map_or(0, |m| m.lease);
         if prev_lease != 0 && prev_lease != lease {
             self.batch.delete_cf(
                 cf(self.db, CF_LEASE),
@@ -147,68 +186,75 @@ impl<'a> Change<'a> {
             );
         }
         self.write_version(&kv, false);
-        // As etcd: a put that creates the key carries no prev_kv in its event.
-        let event_prev = if kv.create_revision == kv.mod_revision {
-            None
-        } else {
-            self.event_prev(&p.key, prev.as_ref())?
-        };
-        let prev_kv = if p.prev_kv { prev } else { None };
+        // Events leave `prev_kv` to the watchers that ask for it (`Store::prev_kvs`).
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv.clone()),
-            prev_kv: event_prev,
+            prev_kv: None,
         });
         self.overlay.insert(p.key.clone(), Some(kv));
         Ok(PutResponse {
             header: Some(header(self.rev)),
-            prev_kv,
+            prev_kv: prev.filter(|_| p.prev_kv),
         })
     }
 
     pub(crate) fn delete_range(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        let victims = self.live_in_range(&d.key, &d.range_end)?;
-        let deleted = victims.len() as i64;
-        for kv in &victims {
-            self.delete_live(kv.clone())?;
-        }
+        let mut prev_kvs = Vec::new();
+        let deleted = if d.range_end.is_empty() && !d.prev_kv {
+            // One key, and its previous value is not wanted.
+            match self.meta(&d.key)? {
+                Some(m) => {
+                    self.delete_live(&d.key, m.lease);
+                    1
+                }
+                None => 0,
+            }
+        } else {
+            let victims = self.live_in_range(&d.key, &d.range_end)?;
+            for kv in &victims {
+                self.delete_live(&kv.key, kv.lease);
+            }
+            let deleted = victims.len() as i64;
+            if d.prev_kv {
+                prev_kvs = victims;
+            }
+            deleted
+        };
         let revision = if self.sub > 0 { self.rev } else { self.base };
         Ok(DeleteRangeResponse {
             header: Some(header(revision)),
             deleted,
-            prev_kvs: if d.prev_kv { victims } else { vec![] },
+            prev_kvs,
         })
     }
 
     /// Deletes `key` if it is live (used by lease revocation).
     pub(crate) fn delete_key(&mut self, key: &[u8]) -> Result<()> {
-        if let Some(kv) = self.get(key)? {
-            self.delete_live(kv)?;
+        if let Some(m) = self.meta(key)? {
+            self.delete_live(key, m.lease);
         }
         Ok(())
     }
 
-    fn delete_live(&mut self, prev: KeyValue) -> Result<()> {
-        if prev.lease != 0 {
-            self.batch.delete_cf(
-                cf(self.db, CF_LEASE),
-                backend::lease_attachment(prev.lease, &prev.key),
-            );
+    /// Deletes `key`, live with `lease`.
+    fn delete_live(&mut self, key: &[u8], lease: i64) {
+        if lease != 0 {
+            self.batch
+                .delete_cf(cf(self.db, CF_LEASE), backend::lease_attachment(lease, key));
         }
         let tomb = KeyValue {
-            key: prev.key.clone(),
+            key: key.to_vec().into(),
             mod_revision: self.rev,
             ..Default::default()
         };
         self.write_version(&tomb, true);
-        let event_prev = self.event_prev(&prev.key, Some(&prev))?;
-        self.overlay.insert(prev.key.to_vec(), None);
+        self.overlay.insert(key.to_vec(), None);
         self.events.push(Event {
             r#type: EventType::Delete as i32,
             kv: Some(tomb),
-            prev_kv: event_prev,
+            prev_kv: None,
         });
-        Ok(())
     }
 
     fn write_version(&mut self, kv: &KeyValue, tombstone: bool) {
@@ -236,7 +282,13 @@ impl<'a> Change<'a> {
     fn txn_path(&self, t: &TxnRequest) -> Result<Vec<bool>> {
         let mut ok = true;
         for c in &t.compare {
-            let kvs = self.live_in_range(&c.key, &c.range_end)?;
+            let kvs = if c.range_end.is_empty() && c.target != CompareTarget::Value as i32 {
+                // One key, compared on something other than its value.
+                let meta = self.meta(&c.key)?;
+                meta.map(|m| m.without_value(&c.key)).into_iter().collect()
+            } else {
+                self.live_in_range(&c.key, &c.range_end)?
+            };
             if !compare::holds(c, &kvs) {
                 ok = false;
                 break;
@@ -261,7 +313,7 @@ impl<'a> Change<'a> {
                     self.check_txn(inner, path, at, pass)?;
                 }
                 Some(request_op::Request::RequestPut(p)) if pass == Check::Puts => {
-                    if (p.ignore_value || p.ignore_lease) && self.get(&p.key)?.is_none() {
+                    if (p.ignore_value || p.ignore_lease) && self.meta(&p.key)?.is_none() {
                         return Err(Error::KeyNotFound);
                     }
                     if p.lease != 0 && !lease_exists(self.db, p.lease)? {

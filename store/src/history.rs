@@ -1,10 +1,10 @@
 //! Reading history as watch events: every change with revision in [from, to], in revision
 //! order, for catching up a watcher that starts in the past or fell behind the live stream.
 
-use etcd_proto::mvccpb::{event::EventType, Event};
+use etcd_proto::mvccpb::{event::EventType, Event, KeyValue};
 
 use crate::backend::{CF_KEY, CF_REV};
-use crate::mvcc::{decode_version, escaped_len, version_key};
+use crate::mvcc::{self, decode_version, escaped_len, version_key};
 use crate::revision::Revision;
 use crate::store::Store;
 use crate::{Error, Result};
@@ -19,6 +19,32 @@ pub struct History {
 }
 
 impl Store {
+    /// Each event's `prev_kv`, read as etcd's watch reads it: the key's live version at the
+    /// revision before the event's (so not an earlier change in the same txn). None for a put
+    /// that creates the key, and none where that revision is compacted.
+    pub fn prev_kvs(&self, events: &[Event]) -> Result<Vec<Option<KeyValue>>> {
+        let view = self.view();
+        // Loaded after the snapshot: anything at or above it is still in the snapshot.
+        let compacted = self.compacted_revision();
+        let mut versions = view.iter(CF_KEY, None);
+        events
+            .iter()
+            .map(|e| {
+                let Some(kv) = &e.kv else { return Ok(None) };
+                let creates =
+                    e.r#type == EventType::Put as i32 && kv.create_revision == kv.mod_revision;
+                let before = kv.mod_revision - 1;
+                if creates || before < compacted {
+                    return Ok(None);
+                }
+                Ok(match mvcc::latest(&mut versions, &kv.key, before)? {
+                    Some((_, false, prev)) => Some(prev),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
     /// Reads events with revisions in `[from, to]` whose key satisfies `wanted`, stopping at a
     /// revision boundary once `max_events` have been read. Fails with `Compacted` if `from`
     /// is below the compacted revision.

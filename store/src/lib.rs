@@ -14,6 +14,7 @@
 //! - [`compare`]: txn compares.
 //! - [`request`]: the write requests and their results.
 //! - [`writer`]: [`Writer`], the single write path: one batch per request, sync, publish.
+//! - `recent`: the writer's memory of recently written keys' newest versions.
 //! - `change`: one request's changes — puts, deletes, txns (with their overlay), events.
 //! - [`compact`]: physical compaction beside the writer.
 //! - [`history`]: history as watch events, for watchers catching up.
@@ -33,6 +34,7 @@ pub mod keycodec;
 pub mod mvcc;
 pub mod range;
 pub mod read_txn;
+mod recent;
 pub mod request;
 mod restore;
 pub mod revision;

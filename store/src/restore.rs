@@ -20,6 +20,8 @@ impl Writer {
     /// Replaces the store's contents with those of the store in `src` (a checkpoint), makes
     /// them durable, and publishes the new state: current and compacted revision included.
     pub fn restore_from(&mut self, src: &Path) -> Result<()> {
+        // Whatever the writer remembers of keys is about contents that are going away.
+        self.recent.clear();
         // Read once and thrown away: nothing to gain from compacting it meanwhile.
         let source = backend::open(
             src,

@@ -95,7 +95,7 @@ impl Store {
             restoring: RwLock::new(()),
         });
         let store = Store { inner };
-        let writer = Writer::new(store.clone(), current);
+        let writer = Writer::new(store.clone(), current, opts.recent_keys);
         Ok((store, writer))
     }
 

@@ -12,6 +12,7 @@ use rocksdb::DB;
 
 use crate::backend::{self, CF_LEASE, CF_META};
 use crate::change::Change;
+use crate::recent::Recent;
 use crate::request::{Applied, WriteRequest, WriteResponse};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -25,15 +26,18 @@ pub struct Writer {
     /// only from `publish` on, together with the revisions it may have compacted past, so a
     /// reader never finds the store compacted beyond its published revision.
     pub(crate) compacted: i64,
+    /// The keys written lately, with their newest versions' fields (see `recent`).
+    pub(crate) recent: Recent,
 }
 
 impl Writer {
-    pub(crate) fn new(store: Store, rev: i64) -> Self {
+    pub(crate) fn new(store: Store, rev: i64, recent_keys: usize) -> Self {
         let compacted = store.compacted_revision();
         Writer {
             store,
             rev,
             compacted,
+            recent: Recent::new(recent_keys),
         }
     }
 
@@ -58,7 +62,7 @@ impl Writer {
     /// a crash the store and its applied index always agree.
     pub fn apply_with(&mut self, req: &WriteRequest, meta: &[(&[u8], &[u8])]) -> Result<Applied> {
         let db = &self.store.inner.db;
-        let mut w = Change::new(db, self.rev, self.compacted);
+        let mut w = Change::new(db, self.rev, self.compacted, &self.recent);
         let response = match req {
             WriteRequest::Put(p) => {
                 if p.lease != 0 && !lease_exists(db, p.lease)? {
@@ -151,7 +155,11 @@ impl Writer {
         for (name, value) in meta {
             w.batch.put_cf(cf(db, CF_META), name, value);
         }
-        db.write_opt(w.batch, &backend::write_options())?;
+        let (batch, events, states) = w.into_parts();
+        db.write_opt(batch, &backend::write_options())?;
+        for (key, state) in states {
+            self.recent.record(key, state);
+        }
         self.rev = new_rev;
         if let WriteRequest::Compact { revision } = req {
             self.compacted = *revision;
@@ -159,7 +167,7 @@ impl Writer {
         Ok(Applied {
             response,
             revision: new_rev,
-            events: w.events,
+            events,
         })
     }
 

@@ -12,8 +12,10 @@ use crate::model::{Model, ModelError};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>, Vec<u8>),
+    /// key, value, prev_kv
+    Put(Vec<u8>, Vec<u8>, bool),
+    /// key, range end, prev_kv
+    Delete(Vec<u8>, Vec<u8>, bool),
     /// if version(key) == v then put(a) else delete(b)
     Txn {
         key: Vec<u8>,
@@ -55,8 +57,8 @@ fn end() -> impl Strategy<Value = Vec<u8>> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (key(), prop::collection::vec(any::<u8>(), 0..4)).prop_map(|(k, v)| Op::Put(k, v)),
-        1 => (key(), end()).prop_map(|(k, e)| Op::Delete(k, e)),
+        4 => (key(), prop::collection::vec(any::<u8>(), 0..4), any::<bool>()).prop_map(|(k, v, p)| Op::Put(k, v, p)),
+        1 => (key(), end(), any::<bool>()).prop_map(|(k, e, p)| Op::Delete(k, e, p)),
         2 => (key(), 0i64..3, key(), key()).prop_map(|(k, v, p, d)| Op::Txn { key: k, version: v, put: (p, b"t".to_vec()), del: d }),
         1 => (0i64..6).prop_map(Op::Compact),
         4 => (key(), end(), 0i64..8, 0i64..3).prop_map(|(key, end, back, limit)| Op::Range { key, end, back, limit }),
@@ -72,9 +74,14 @@ fn to_model_err(e: store::Error) -> ModelError {
     }
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Runs `ops`, the writer remembering `recent_keys` keys per generation.
+fn run(ops: Vec<Op>, recent_keys: usize) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let (store, mut writer) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
+    let opts = BackendOptions {
+        recent_keys,
+        ..BackendOptions::default()
+    };
+    let (store, mut writer) = Store::open(dir.path(), &opts).unwrap();
     let mut model = Model::new();
     let apply = |writer: &mut store::Writer, req: WriteRequest| {
         let r = writer.apply(&req);
@@ -83,32 +90,43 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     for op in ops {
         match op {
-            Op::Put(k, v) => {
+            Op::Put(k, v, prev_kv) => {
+                let prev = model.live_at(&k, model.rev);
                 let applied = apply(
                     &mut writer,
                     WriteRequest::Put(PutRequest {
                         key: k.clone(),
                         value: v.clone(),
+                        prev_kv,
                         ..Default::default()
                     }),
                 )
                 .unwrap();
                 prop_assert_eq!(applied.revision, model.write(&[(k, Some(v), None)]));
+                match applied.response {
+                    WriteResponse::Put(p) => {
+                        prop_assert_eq!(p.prev_kv, if prev_kv { prev } else { None })
+                    }
+                    other => prop_assert!(false, "unexpected {:?}", other),
+                }
             }
-            Op::Delete(k, e) => {
-                let expected_deleted = model.range(&k, &e, 0).unwrap().len() as i64;
+            Op::Delete(k, e, prev_kv) => {
+                let victims = model.range(&k, &e, 0).unwrap();
                 let applied = apply(
                     &mut writer,
                     WriteRequest::DeleteRange(DeleteRangeRequest {
                         key: k.clone(),
                         range_end: e.clone(),
-                        prev_kv: false,
+                        prev_kv,
                     }),
                 )
                 .unwrap();
                 prop_assert_eq!(applied.revision, model.write(&[(k, None, Some(e))]));
                 match applied.response {
-                    WriteResponse::DeleteRange(d) => prop_assert_eq!(d.deleted, expected_deleted),
+                    WriteResponse::DeleteRange(d) => {
+                        prop_assert_eq!(d.deleted, victims.len() as i64);
+                        prop_assert_eq!(d.prev_kvs, if prev_kv { victims } else { vec![] });
+                    }
                     other => prop_assert!(false, "unexpected {:?}", other),
                 }
             }
@@ -234,14 +252,45 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .collect();
     got.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     prop_assert_eq!(got, want);
+    // Each event's prev_kv, as history reads it and as the watch path reads it apart from the
+    // events (`prev_kvs`): the model's live version at the revision before, unless compacted
+    // or the event creates the key.
+    let want_prevs: Vec<_> = hist
+        .events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            let creates = e.r#type == 0 && kv.create_revision == kv.mod_revision;
+            let before = kv.mod_revision - 1;
+            if creates || before < model.compacted {
+                None
+            } else {
+                model.live_at(&kv.key, before)
+            }
+        })
+        .collect();
+    let from_history: Vec<_> = hist.events.iter().map(|e| e.prev_kv.clone()).collect();
+    prop_assert_eq!(&from_history, &want_prevs);
+    let bare: Vec<_> = hist
+        .events
+        .iter()
+        .map(|e| etcd_proto::mvccpb::Event {
+            prev_kv: None,
+            ..e.clone()
+        })
+        .collect();
+    prop_assert_eq!(store.prev_kvs(&bare).unwrap(), want_prevs);
     Ok(())
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
     #[test]
-    fn store_matches_model(ops in prop::collection::vec(op(), 1..60)) {
-        run(ops)?;
+    fn store_matches_model(
+        ops in prop::collection::vec(op(), 1..60),
+        recent_keys in prop_oneof![Just(0usize), Just(2), Just(100_000)],
+    ) {
+        run(ops, recent_keys)?;
     }
 }
 
