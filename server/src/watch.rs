@@ -350,8 +350,22 @@ impl WatchStream {
         let header = self.node.header(batch.to_rev);
         let header_bytes = encode_header(&header);
         let mut plain = BatchEncodings::new(&batch.events);
-        // Only if a watcher asks for prev_kv are the events' previous versions read.
-        let mut with_prev: Option<BatchEncodings> = None;
+        // Only if a watcher wants some of the batch's events with prev_kv are the events'
+        // previous versions read.
+        let wants_prev = self.watchers.values().any(|w| {
+            w.prev_kv && batch.to_rev >= w.next_rev && batch.events.iter().any(|e| w.wants(e))
+        });
+        let mut with_prev = if wants_prev {
+            match batch.with_prev_kv(&self.node.store).await {
+                Ok(events) => Some(BatchEncodings::new(events)),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the events' prev_kv failed");
+                    return Err(Closed);
+                }
+            }
+        } else {
+            None
+        };
         let mut wanted: Vec<u32> = Vec::new();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
@@ -366,9 +380,9 @@ impl WatchStream {
             let (fragment, prev_kv) = (w.fragment, w.prev_kv);
             if !wanted.is_empty() {
                 let encodings = if prev_kv {
-                    with_prev.get_or_insert_with(|| {
-                        BatchEncodings::new(batch.with_prev_kv(&self.node.store))
-                    })
+                    with_prev
+                        .as_mut()
+                        .expect("read above: this watcher wants some events")
                 } else {
                     &mut plain
                 };

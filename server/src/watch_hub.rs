@@ -3,11 +3,11 @@
 //! stream that falls more than `HUB_BATCHES_MAX` batches behind is told it lagged and catches
 //! up from the store's history instead (etcd's unsynced watchers).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use etcd_proto::mvccpb::Event;
 use store::Store;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, OnceCell};
 
 /// Batches kept for slow readers before they must catch up from storage.
 pub const HUB_BATCHES_MAX: usize = 1024;
@@ -22,7 +22,7 @@ pub struct EventBatch {
     /// Set when the store jumped (a snapshot was installed): watchers catch up from history.
     pub resync: bool,
     /// The events with `prev_kv` filled, read once, when a watcher first asks for them.
-    with_prev_kv: OnceLock<Vec<Event>>,
+    with_prev_kv: OnceCell<Vec<Event>>,
 }
 
 impl EventBatch {
@@ -31,29 +31,45 @@ impl EventBatch {
             to_rev,
             events,
             resync,
-            with_prev_kv: OnceLock::new(),
+            with_prev_kv: OnceCell::new(),
         }
     }
 
     /// The events with their `prev_kv`s (`Store::prev_kvs`), read from `store` by the first
-    /// caller and shared with the others. A read that fails leaves them out, as etcd does.
-    pub fn with_prev_kv(&self, store: &Store) -> &[Event] {
-        self.with_prev_kv.get_or_init(|| {
-            let prevs = store.prev_kvs(&self.events).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "reading the events' prev_kv failed");
-                vec![None; self.events.len()]
-            });
-            self.events
-                .iter()
-                .zip(prevs)
-                .map(|(e, prev_kv)| Event {
-                    prev_kv,
-                    ..e.clone()
-                })
-                .collect()
-        })
+    /// caller and shared with the others, which wait without holding a thread. A batch of a
+    /// few events is read here (a few microseconds), a larger one on the blocking pool. A
+    /// failed read is not kept: the caller closes its stream, as after a failed catch-up.
+    pub async fn with_prev_kv(&self, store: &Store) -> Result<&[Event], String> {
+        let events = self
+            .with_prev_kv
+            .get_or_try_init(|| async {
+                let prevs = if self.events.len() <= PREV_KV_INLINE_MAX {
+                    store.prev_kvs(&self.events)
+                } else {
+                    let (store, events) = (store.clone(), self.events.clone());
+                    raftlog::determinism::blocking(move || store.prev_kvs(&events))
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+                .map_err(|e| e.to_string())?;
+                let with_prev: Vec<Event> = self
+                    .events
+                    .iter()
+                    .zip(prevs)
+                    .map(|(e, prev_kv)| Event {
+                        prev_kv,
+                        ..e.clone()
+                    })
+                    .collect();
+                Ok::<_, String>(with_prev)
+            })
+            .await?;
+        Ok(events)
     }
 }
+
+/// Events of a batch whose `prev_kv`s are read on the stream's own thread.
+const PREV_KV_INLINE_MAX: usize = 8;
 
 #[derive(Clone)]
 pub struct WatchHub {

@@ -6,7 +6,7 @@
 //! `prev_kv`: watchers that ask for it read it with `Store::prev_kvs`, as etcd's do.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use etcd_proto::etcdserverpb::compare::CompareTarget;
 use etcd_proto::etcdserverpb::{
@@ -43,7 +43,7 @@ pub(crate) struct Change<'a> {
     recent: &'a Recent,
     /// What this request read from the store about keys `recent` did not know, as of `base`:
     /// read once per request, and remembered after it.
-    learned: RefCell<Vec<(Vec<u8>, Option<Meta>)>>,
+    learned: RefCell<HashMap<Vec<u8>, Option<Meta>>>,
     pub(crate) events: Vec<Event>,
     /// One iterator over the `key` family serves every read of the request: creating one
     /// costs more than a seek. (It reads the store as of its creation, which is the state
@@ -56,7 +56,7 @@ impl<'a> Change<'a> {
         Change {
             db,
             recent,
-            learned: RefCell::new(Vec::new()),
+            learned: RefCell::new(HashMap::new()),
             base,
             rev: base + 1,
             compacted,
@@ -71,7 +71,7 @@ impl<'a> Change<'a> {
     /// The batch to write, the events, and each key's state after the request (for
     /// `Recent`): those it read first, then those it changed, which supersede them.
     pub(crate) fn into_parts(self) -> (WriteBatch, Vec<Event>, Vec<(Vec<u8>, Option<Meta>)>) {
-        let mut states = self.learned.into_inner();
+        let mut states: Vec<_> = self.learned.into_inner().into_iter().collect();
         states.extend(
             self.overlay
                 .into_iter()
@@ -123,11 +123,11 @@ impl<'a> Change<'a> {
         if let Some(known) = self.recent.get(key) {
             return Ok(known);
         }
-        if let Some((_, known)) = self.learned.borrow().iter().find(|(k, _)| k == key) {
+        if let Some(known) = self.learned.borrow().get(key) {
             return Ok(*known);
         }
         let read = self.get_before(key)?.as_ref().map(Meta::of);
-        self.learned.borrow_mut().push((key.to_vec(), read));
+        self.learned.borrow_mut().insert(key.to_vec(), read);
         Ok(read)
     }
 

@@ -1,5 +1,6 @@
 //! Reading history as watch events: every change with revision in [from, to], in revision
-//! order, for catching up a watcher that starts in the past or fell behind the live stream.
+//! order, for catching up a watcher that starts in the past or fell behind the live stream;
+//! and the `prev_kv`s of live events, which the write path leaves out (`Store::prev_kvs`).
 
 use etcd_proto::mvccpb::{event::EventType, Event, KeyValue};
 

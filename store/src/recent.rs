@@ -3,9 +3,13 @@
 //! version, lease). A put reads these for every key it writes; finding them in RocksDB means a
 //! seek through the memtable and every level, which profiles put at a quarter of a put's CPU.
 //!
-//! Only the writer changes the store, and it records every key it writes here once the write
-//! is done, so whatever this remembers is exact. It forgets in two generations: entries go to
-//! the young map; when that is full it becomes the old one and the previous old one is dropped.
+//! Only the writer changes the keys' newest versions, and it records every key it writes here
+//! once the write is done, so whatever this remembers is exact. (Physical compaction deletes
+//! versions too, but never a key's newest live one: it drops only older versions and
+//! tombstones, and a key whose newest version is a tombstone is remembered as not live.)
+//!
+//! It forgets in two generations: entries go to the young map; when that is full it becomes
+//! the old one and the previous old one is dropped.
 //! A key written within the last generation or two is found without reading the store; any
 //! other key is read from RocksDB as before. The bound keeps memory flat however many keys the
 //! store holds (etcd keeps every key in memory in its `treeIndex`).
@@ -77,7 +81,8 @@ impl Recent {
             return;
         }
         if self.young.len() >= self.generation && !self.young.contains_key(&key[..]) {
-            self.old = std::mem::take(&mut self.young);
+            let fresh = HashMap::with_capacity(self.generation);
+            self.old = std::mem::replace(&mut self.young, fresh);
         }
         self.young.insert(key.into_boxed_slice(), state);
     }

@@ -57,6 +57,7 @@ pub struct Applied {
     pub response: WriteResponse,
     /// The store revision after the request (etcd's response header revision).
     pub revision: i64,
-    /// Events in revision order, each with its `prev_kv` filled when the key existed.
+    /// Events in revision order, without `prev_kv`: the write path does not read previous
+    /// values; a watcher that wants them reads them with `Store::prev_kvs`.
     pub events: Vec<Event>,
 }

@@ -23,6 +23,8 @@ enum Op {
         put: (Vec<u8>, Vec<u8>),
         del: Vec<u8>,
     },
+    /// A txn changing one key twice: each change a put (`Some(value)`) or a delete.
+    Twice(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>),
     Compact(i64),
     Range {
         key: Vec<u8>,
@@ -60,6 +62,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (key(), prop::collection::vec(any::<u8>(), 0..4), any::<bool>()).prop_map(|(k, v, p)| Op::Put(k, v, p)),
         1 => (key(), end(), any::<bool>()).prop_map(|(k, e, p)| Op::Delete(k, e, p)),
         2 => (key(), 0i64..3, key(), key()).prop_map(|(k, v, p, d)| Op::Txn { key: k, version: v, put: (p, b"t".to_vec()), del: d }),
+        1 => (key(), prop::option::of(Just(b"1".to_vec())), prop::option::of(Just(b"2".to_vec())))
+            .prop_map(|(k, a, b)| Op::Twice(k, a, b)),
         1 => (0i64..6).prop_map(Op::Compact),
         4 => (key(), end(), 0i64..8, 0i64..3).prop_map(|(key, end, back, limit)| Op::Range { key, end, back, limit }),
         1 => Just(Op::PhysicalCompact),
@@ -178,6 +182,33 @@ fn run(ops: Vec<Op>, recent_keys: usize) -> Result<(), TestCaseError> {
                     WriteResponse::Txn(t) => prop_assert_eq!(t.succeeded, holds),
                     other => prop_assert!(false, "unexpected {:?}", other),
                 }
+            }
+            Op::Twice(key, first, second) => {
+                let change = |value: &Option<Vec<u8>>| RequestOp {
+                    request: Some(match value {
+                        Some(v) => request_op::Request::RequestPut(PutRequest {
+                            key: key.clone(),
+                            value: v.clone(),
+                            ..Default::default()
+                        }),
+                        None => request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                            key: key.clone(),
+                            ..Default::default()
+                        }),
+                    }),
+                };
+                let applied = apply(
+                    &mut writer,
+                    WriteRequest::Txn(TxnRequest {
+                        compare: vec![],
+                        success: vec![change(&first), change(&second)],
+                        failure: vec![],
+                    }),
+                )
+                .unwrap();
+                let expected =
+                    model.write(&[(key.clone(), first, None), (key.clone(), second, None)]);
+                prop_assert_eq!(applied.revision, expected);
             }
             Op::Compact(back) => {
                 let target = model.rev - back;
