@@ -272,12 +272,54 @@ impl WatchStream {
         self.catch_up(id).await
     }
 
+    /// Catches up every watcher of the stream (it lagged behind the hub, or the store was
+    /// replaced). History is read once for all of them, in bounded chunks, and each chunk is
+    /// delivered as a hub batch is: a stream of many watchers does not read it once each.
+    /// If the oldest position was compacted, each watcher catches up on its own (`catch_up`
+    /// cancels those whose history is gone).
     async fn catch_up_all(&mut self) -> Result<(), Closed> {
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
-        for id in ids {
-            self.catch_up(id).await?;
+        loop {
+            let current = self.node.store.current_revision();
+            let behind: Vec<(Vec<u8>, RangeEnd)> = self
+                .watchers
+                .values()
+                .filter(|w| w.next_rev <= current)
+                .map(|w| (w.key.clone(), w.end.clone()))
+                .collect();
+            let Some(from) = self.watchers.values().map(|w| w.next_rev).min() else {
+                return Ok(());
+            };
+            if from > current {
+                return Ok(());
+            }
+            let store = self.node.store.clone();
+            let read = raftlog::determinism::blocking(move || {
+                store.history(from, current, CATCH_UP_EVENTS_MAX, |k| {
+                    behind.iter().any(|(key, end)| end.contains(key, k))
+                })
+            })
+            .await;
+            let history = match read {
+                Ok(Ok(h)) => h,
+                Ok(Err(store::Error::Compacted { .. })) => {
+                    let ids: Vec<i64> = self.watchers.keys().copied().collect();
+                    for id in ids {
+                        self.catch_up(id).await?;
+                    }
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reading watch history failed");
+                    return Err(Closed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "watch history task failed");
+                    return Err(Closed);
+                }
+            };
+            let batch = EventBatch::with_prev_kv_read(history.next - 1, history.events);
+            self.deliver_events(&batch).await?;
         }
-        Ok(())
     }
 
     /// Sends a watcher everything from its `next_rev` up to the current revision, reading
@@ -345,6 +387,11 @@ impl WatchStream {
             // the store's history, not in the hub.
             return self.catch_up_all().await;
         }
+        self.deliver_events(batch).await
+    }
+
+    /// Sends each watcher the batch's events it wants, and moves it past the batch.
+    async fn deliver_events(&mut self, batch: &EventBatch) -> Result<(), Closed> {
         // The batch's header and each distinct selection of its events are encoded once for
         // the whole stream (`watch_wire`); a watcher's response shares those bytes.
         let header = self.node.header(batch.to_rev);

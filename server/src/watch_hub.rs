@@ -17,7 +17,8 @@ pub const HUB_BATCHES_MAX: usize = 1024;
 pub struct EventBatch {
     /// The newest revision the batch covers (events may end earlier if revisions had none).
     pub to_rev: i64,
-    /// Events in revision order, without `prev_kv` (the write path does not read it).
+    /// Events in revision order, without `prev_kv` (the write path does not read it), or with
+    /// it for a batch of history (watchers that did not ask for it are sent none either way).
     pub events: Vec<Event>,
     /// Set when the store jumped (a snapshot was installed): watchers catch up from history.
     pub resync: bool,
@@ -32,6 +33,16 @@ impl EventBatch {
             events,
             resync,
             with_prev_kv: OnceCell::new(),
+        }
+    }
+
+    /// A batch of history whose events carry their `prev_kv`s already (`Store::history`).
+    pub fn with_prev_kv_read(to_rev: i64, events: Vec<Event>) -> Self {
+        EventBatch {
+            to_rev,
+            with_prev_kv: OnceCell::new_with(Some(events.clone())),
+            events,
+            resync: false,
         }
     }
 

@@ -289,7 +289,9 @@ async fn periodic_progress_notifications() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_watcher_catches_up_from_history_without_gaps() {
     // The client stops reading while far more batches are written than the hub keeps, so the
-    // stream lags and must catch up from stored history: every revision exactly once, in order.
+    // stream lags and must catch up from stored history: every revision exactly once, in order,
+    // for each of the stream's watchers (they catch up together), with prev_kv for the one
+    // that asked for it.
     let cairn = Server::start_with(Kind::Cairn, &["--log-level", "debug"]);
     let mut c = Client::connect(&cairn.endpoint()).await;
     let start = c.current_revision().await + 1;
@@ -299,24 +301,47 @@ async fn a_stalled_watcher_catches_up_from_history_without_gaps() {
         RequestUnion::CreateRequest(create("lag/", "lag0", 0)),
     )
     .await;
+    s.send(RequestUnion::CreateRequest(WatchCreateRequest {
+        prev_kv: true,
+        ..create("lag/3", "", 0)
+    }))
+    .await;
+    // Both watchers exist before the first put.
+    for _ in 0..2 {
+        let created = s.rx.message().await.unwrap().unwrap();
+        assert!(created.created);
+    }
     let puts = 8000;
-    let value = String::from_utf8(vec![b'v'; 2000]).unwrap();
+    let pad = String::from_utf8(vec![b'v'; 2000]).unwrap();
     for i in 0..puts {
-        put(&mut c, &format!("lag/{}", i % 10), &value).await;
+        put(&mut c, &format!("lag/{}", i % 10), &format!("{i:06}{pad}")).await;
     }
     let last = start + puts - 1;
-    let mut next = start;
+    // Watcher 0 sees every revision; watcher 1 every tenth, from the fourth.
+    let (mut next_all, mut next_three) = (start, start + 3);
+    let mut prev_three: Option<(i64, Vec<u8>)> = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while next <= last {
+    while next_all <= last || next_three <= last {
         let msg = tokio::time::timeout_at(deadline, s.rx.message())
             .await
             .expect("events keep coming")
             .unwrap()
             .unwrap();
         for e in msg.events {
-            let rev = e.kv.unwrap().mod_revision;
-            assert_eq!(rev, next, "events arrive once each, in revision order");
-            next += 1;
+            let kv = e.kv.unwrap();
+            let i = kv.mod_revision - start;
+            assert_eq!(&kv.value[..6], format!("{i:06}").as_bytes());
+            if msg.watch_id == 0 {
+                assert_eq!(kv.mod_revision, next_all, "once each, in revision order");
+                assert!(e.prev_kv.is_none(), "watcher 0 did not ask for prev_kv");
+                next_all += 1;
+            } else {
+                assert_eq!(kv.mod_revision, next_three, "once each, in revision order");
+                let prev = e.prev_kv.map(|p| (p.mod_revision, p.value.to_vec()));
+                assert_eq!(prev, prev_three, "prev_kv is the key's previous version");
+                prev_three = Some((kv.mod_revision, kv.value.to_vec()));
+                next_three += 10;
+            }
         }
     }
     assert!(
