@@ -292,33 +292,47 @@ impl WatchStream {
             if from > current {
                 return Ok(());
             }
-            let store = self.node.store.clone();
-            let read = raftlog::determinism::blocking(move || {
-                store.history(from, current, CATCH_UP_EVENTS_MAX, |k| {
-                    behind.iter().any(|(key, end)| end.contains(key, k))
-                })
-            })
-            .await;
-            let history = match read {
-                Ok(Ok(h)) => h,
-                Ok(Err(store::Error::Compacted { .. })) => {
+            let history = match self.read_history(from, current, behind).await? {
+                Ok(h) => h,
+                Err(_compacted) => {
                     let ids: Vec<i64> = self.watchers.keys().copied().collect();
                     for id in ids {
                         self.catch_up(id).await?;
                     }
                     return Ok(());
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "reading watch history failed");
-                    return Err(Closed);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "watch history task failed");
-                    return Err(Closed);
-                }
             };
             let batch = EventBatch::with_prev_kv_read(history.next - 1, history.events);
             self.deliver_events(&batch).await?;
+        }
+    }
+
+    /// Reads a chunk of history in `[from, current]` for the keys in `ranges`, off the async
+    /// threads: `Ok(Err(compacted))` if `from` was compacted. A failed read closes the stream.
+    async fn read_history(
+        &self,
+        from: i64,
+        current: i64,
+        ranges: Vec<(Vec<u8>, RangeEnd)>,
+    ) -> Result<Result<store::History, i64>, Closed> {
+        let store = self.node.store.clone();
+        let read = raftlog::determinism::blocking(move || {
+            store.history(from, current, CATCH_UP_EVENTS_MAX, |k| {
+                ranges.iter().any(|(key, end)| end.contains(key, k))
+            })
+        })
+        .await;
+        match read {
+            Ok(Ok(h)) => Ok(Ok(h)),
+            Ok(Err(store::Error::Compacted { compacted, .. })) => Ok(Err(compacted)),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reading watch history failed");
+                Err(Closed)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "watch history task failed");
+                Err(Closed)
+            }
         }
     }
 
@@ -333,21 +347,10 @@ impl WatchStream {
             if w.next_rev > current {
                 return Ok(());
             }
-            let (store, from, key, end) = (
-                self.node.store.clone(),
-                w.next_rev,
-                w.key.clone(),
-                w.end.clone(),
-            );
-            let read = raftlog::determinism::blocking(move || {
-                store.history(from, current, CATCH_UP_EVENTS_MAX, |k| {
-                    end.contains(&key, k)
-                })
-            })
-            .await;
-            let history = match read {
-                Ok(Ok(h)) => h,
-                Ok(Err(store::Error::Compacted { compacted, .. })) => {
+            let (from, range) = (w.next_rev, (w.key.clone(), w.end.clone()));
+            let history = match self.read_history(from, current, vec![range]).await? {
+                Ok(h) => h,
+                Err(compacted) => {
                     self.watchers.remove(&id);
                     self.node.metrics.watchers.dec();
                     // As etcd, whose compaction notice carries a header at revision 0.
@@ -355,14 +358,6 @@ impl WatchStream {
                     resp.compact_revision = compacted;
                     resp.canceled = true;
                     return self.send(resp).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "reading watch history failed");
-                    return Err(Closed);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "watch history task failed");
-                    return Err(Closed);
                 }
             };
             let w = self.watchers.get(&id).expect("present");
