@@ -264,24 +264,24 @@ pub async fn follow_leadership(
     removed: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<String> {
-    let mut metrics = raft.metrics();
+    // openraft publishes its full metrics on every turn of its core loop, several times per
+    // write; this follows only what changes with leadership and membership, and the applied
+    // index only while an appended membership change waits to be applied.
+    let mut server = raft.server_metrics();
+    let mut data = raft.data_metrics();
     let mut leading = false;
     let mut was_member = false;
     loop {
-        if let Err(fatal) = &metrics.borrow().running_state {
-            // A failed log write or fsync, or a store that refused a committed entry: going
-            // on could lose or diverge writes, so the member stops (etcd exits too).
-            let reason = fatal.to_string();
-            tracing::error!(error = %reason, "raft stopped on a fatal error; stopping the member");
-            removed.notify_one();
-            return Some(reason);
-        }
-        let now_leading = metrics.borrow_and_update().current_leader == Some(member_id);
+        let (now_leading, effective) = {
+            let m = server.borrow_and_update();
+            (
+                m.current_leader == Some(member_id),
+                *m.membership_config.log_id(),
+            )
+        };
         // The applied membership: an appended removal could still be truncated.
-        let is_member = raftlog::state_machine::applied_membership(&store)
-            .membership()
-            .get_node(&member_id)
-            .is_some();
+        let applied = raftlog::state_machine::applied_membership(&store);
+        let is_member = applied.membership().get_node(&member_id).is_some();
         if was_member && !is_member {
             tracing::warn!(
                 member_id = format!("{member_id:x}"),
@@ -299,24 +299,37 @@ pub async fn follow_leadership(
             lessor.refresh_all(tokio::time::Instant::now());
         }
         leading = now_leading;
+        let change_pending = effective > *applied.log_id();
+        data.borrow_and_update();
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() {
-                // Raft is gone. Unless the server is stopping, that is fatal: its last word
-                // if it left one, else its core ended without one (a panic).
-                if *stop.borrow() {
-                    return None;
-                }
-                let reason = match &metrics.borrow().running_state {
-                    Err(fatal) => fatal.to_string(),
-                    Ok(()) => "the raft core exited unexpectedly".to_string(),
-                };
-                tracing::error!(error = %reason, "raft stopped; stopping the member");
-                removed.notify_one();
-                return Some(reason);
+            changed = server.changed() => if changed.is_err() {
+                return raft_stopped(&raft, &stop, &removed);
+            },
+            changed = data.changed(), if change_pending => if changed.is_err() {
+                return raft_stopped(&raft, &stop, &removed);
             },
             _ = stop.changed() => return None,
         }
     }
+}
+
+/// Raft is gone. Unless the server is stopping, that is fatal: its last word if it left one
+/// (openraft reports it before its core ends), else its core ended without one (a panic).
+fn raft_stopped(
+    raft: &Raft,
+    stop: &watch::Receiver<bool>,
+    removed: &tokio::sync::Notify,
+) -> Option<String> {
+    if *stop.borrow() {
+        return None;
+    }
+    let reason = match &raft.metrics().borrow().running_state {
+        Err(fatal) => fatal.to_string(),
+        Ok(()) => "the raft core exited unexpectedly".to_string(),
+    };
+    tracing::error!(error = %reason, "raft stopped; stopping the member");
+    removed.notify_one();
+    Some(reason)
 }
 
 /// Publishes this member's name and client URLs into the membership (etcd's `publish`), once

@@ -289,7 +289,7 @@ fn table(out: &mut String, r: &Results, members: usize) {
             continue;
         };
         let clients = match c.workload.as_str() {
-            "watch" => format!("{} watchers", c.clients),
+            "watch" | "watch-sustained" => format!("{} watchers", c.clients),
             "watch-latency" => format!("{} watchers", c.clients),
             _ => c.clients.to_string(),
         };
@@ -341,7 +341,7 @@ pub fn render(r: &Results, chart: &Path, analysis: Option<&str>) -> String {
     for m in sizes {
         table(&mut out, r, m);
     }
-    let _ = writeln!(out, "\nWorkloads: `put` random keys over 100,000, 256-byte values; `range-l`/`range-s` one key, linearizable/serializable; `txn-put` compare mod_revision then put (each client its own keys); `txn-mixed` one-op txns, half reads (linearizable) and half puts; `lease-keepalive` one lease per client, renewals round trips; `k8s` the kube-apiserver-shaped mix (`bench/src/workload/k8s.rs`); `watch` 1,000 puts from 16 clients to one key watched by 1,000 watchers (10 streams × 100), ops are events delivered per second from the first put to the last event; `watch-latency` 500 puts/s to one key watched by 100 watchers with prev_kv, latency from put to event. Connections: one per 16 clients; on clusters the leader's endpoint comes first (all load of 1 and 16 clients goes to the leader). Between cases both servers compact their history. CPU a server spends after a run until it is idle again (flushes, compactions) is charged to that run. Unlike etcd's own tool, `txn-put` is one compare-and-put per txn (Kubernetes' update), `txn-mixed` reads one key, and `lease-keepalive` reuses one stream per client.");
+    let _ = writeln!(out, "\nWorkloads: `put` random keys over 100,000, 256-byte values; `range-l`/`range-s` one key, linearizable/serializable; `txn-put` compare mod_revision then put (each client its own keys); `txn-mixed` one-op txns, half reads (linearizable) and half puts; `lease-keepalive` one lease per client, renewals round trips; `k8s` the kube-apiserver-shaped mix (`bench/src/workload/k8s.rs`); `watch` 1,000 puts from 16 clients to one key watched by 1,000 watchers (10 streams × 100), ops are events delivered per second from the first put to the last event; `watch-sustained` the same with 15,000 puts (15 million events: streams fall behind the writes and catch up from history); `watch-latency` 500 puts/s to one key watched by 100 watchers with prev_kv, latency from put to event. Connections: one per 16 clients; on clusters the leader's endpoint comes first (all load of 1 and 16 clients goes to the leader). Between cases both servers compact their history. CPU a server spends after a run until it is idle again (flushes, compactions) is charged to that run. Unlike etcd's own tool, `txn-put` is one compare-and-put per txn (Kubernetes' update), `txn-mixed` reads one key, and `lease-keepalive` reuses one stream per client.");
     if !r.footprints.is_empty() {
         let _ = writeln!(out, "\n## Memory and disk\n\nA fresh single member of each, loaded with 256-byte values under sequential 16-byte keys by 256 clients, measured 5 s after the load.\n\n| Server | Keys | RSS MiB | On-disk MiB | Load ops/s |\n|---|---:|---:|---:|---:|");
         for f in &r.footprints {

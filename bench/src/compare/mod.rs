@@ -135,6 +135,12 @@ fn cases(args: &CompareArgs) -> Vec<Case> {
             clients: WATCHERS,
         });
     }
+    if wanted("watch-sustained") {
+        out.push(Case {
+            workload: "watch-sustained".into(),
+            clients: WATCHERS,
+        });
+    }
     if wanted("watch-latency") {
         out.push(Case {
             workload: "watch-latency".into(),
@@ -192,13 +198,18 @@ pub async fn run_case(case: &Case, cluster: &Cluster, run_secs: f64) -> anyhow::
             };
             k8s::run(&plan, &spec).await
         }
-        "watch" => {
+        "watch" | "watch-sustained" => {
             // 1,000 puts to one key watched by 1,000 watchers: a million events, so delivery,
-            // not the puts, sets the pace.
+            // not the puts, sets the pace. Sustained, 15,000 puts: the puts outrun delivery,
+            // so streams fall behind and catch up from history while writes go on.
             plan.clients = 16;
             plan.conns = 1;
             plan.duration = None;
-            plan.total = 1000;
+            plan.total = if case.workload == "watch" {
+                1000
+            } else {
+                15_000
+            };
             let spec = watch::WatchSpec {
                 streams: 10,
                 watchers_per_stream: 100,
