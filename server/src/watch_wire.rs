@@ -19,7 +19,7 @@ use etcd_proto::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
 use etcd_proto::mvccpb::Event;
 use prost::encoding::{self, WireType};
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::Status;
 
@@ -177,6 +177,12 @@ impl<'a> BatchEncodings<'a> {
     }
 }
 
+/// The buffer a watch stream's responses are encoded into, and how much of it goes out at
+/// once (HTTP/2's default frame size); see `WatchCodec::buffer_settings`. 64 KiB is also the
+/// most a `BytesMut` asks for when it replaces a buffer it has split off.
+const WATCH_BUFFER_BYTES: usize = 64 << 10;
+const WATCH_YIELD_BYTES: usize = 16 << 10;
+
 /// Encodes [`WatchOut`]s and decodes `WatchRequest`s.
 #[derive(Clone, Copy, Default)]
 pub struct WatchCodec;
@@ -201,6 +207,10 @@ impl Encoder for WatchCodec {
     type Error = Status;
 
     fn encode(&mut self, item: WatchOut, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        if let WatchOut::Events(events) = &item {
+            // Grow the buffer once for the whole response, not step by step as it is written.
+            buf.reserve(events.encoded_len());
+        }
         match item {
             WatchOut::Message(resp) => resp
                 .encode(buf)
@@ -210,6 +220,16 @@ impl Encoder for WatchCodec {
                 Ok(())
             }
         }
+    }
+
+    /// tonic writes the responses that are ready into one buffer until it holds the yield
+    /// threshold, and sends what it holds. With its defaults (an 8 KiB buffer, 32 KiB sends)
+    /// each send grew the buffer through three reallocations, copying what it held each time
+    /// (a profile of 1,000 watchers put those copies at 7 % of the server's CPU). A buffer
+    /// that holds several sends is split off send by send; only the send that reaches its
+    /// end is copied into the next one.
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(WATCH_BUFFER_BYTES, WATCH_YIELD_BYTES)
     }
 }
 
