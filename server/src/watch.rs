@@ -20,15 +20,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::node::Node;
 use crate::stream::HeadersWithFirst;
 use crate::watch_hub::EventBatch;
-use crate::watch_wire::{
-    encode_header, watch_id_len, BatchEncodings, EncodedEvents, Queued, Responses, WatchOut,
-};
+use crate::watch_wire::{encode_header, watch_id_len, BatchEncodings, EncodedEvents, WatchOut};
 
-/// Responses (or batches of responses) queued per stream before the stream task waits for the
-/// client.
+/// Responses queued per stream before the stream task waits for the client.
 pub const WATCH_RESPONSES_QUEUED_MAX: usize = 128;
-/// Responses queued together for one batch of events at most (bounds a queue's memory).
-const RESPONSES_PER_QUEUED_MAX: usize = 256;
 /// Events read from history per chunk when a watcher catches up.
 pub const CATCH_UP_EVENTS_MAX: usize = 1000;
 /// etcd's watch ID for responses that belong to no watcher (progress for the whole stream).
@@ -61,8 +56,7 @@ impl WatchService {
             next_id: 0,
         };
         tokio::spawn(stream.run(input, hub, self.shutdown.clone()));
-        let queued = crate::stream::headers_with_first(rx).await;
-        Ok(Response::new(Box::pin(Responses::new(queued))))
+        Ok(Response::new(crate::stream::headers_with_first(rx).await))
     }
 }
 
@@ -121,7 +115,7 @@ struct Closed;
 
 struct WatchStream {
     node: Arc<Node>,
-    tx: mpsc::Sender<Result<Queued, Status>>,
+    tx: mpsc::Sender<Result<WatchOut, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
 }
@@ -172,19 +166,7 @@ impl WatchStream {
     }
 
     async fn send_out(&self, out: WatchOut) -> Result<(), Closed> {
-        self.tx.send(Ok(Queued::One(out))).await.map_err(|_| Closed)
-    }
-
-    /// Queues the responses gathered so far for a batch, if any.
-    async fn send_gathered(&self, gathered: &mut Vec<EncodedEvents>) -> Result<(), Closed> {
-        if gathered.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(gathered);
-        self.tx
-            .send(Ok(Queued::Events(batch)))
-            .await
-            .map_err(|_| Closed)
+        self.tx.send(Ok(out)).await.map_err(|_| Closed)
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
@@ -427,8 +409,6 @@ impl WatchStream {
             None
         };
         let mut wanted: Vec<u32> = Vec::new();
-        // The watchers' responses go out together, in watcher order.
-        let mut gathered: Vec<EncodedEvents> = Vec::new();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let w = self.watchers.get(&id).expect("present");
@@ -458,7 +438,6 @@ impl WatchStream {
                     let w = self.watchers.get(&id).expect("present");
                     let all = encodings.events();
                     let events = wanted.iter().map(|&i| w.shape(&all[i as usize])).collect();
-                    self.send_gathered(&mut gathered).await?;
                     self.send_events(id, events, header.clone()).await?;
                 } else {
                     let out = EncodedEvents {
@@ -469,17 +448,14 @@ impl WatchStream {
                     if let Some(w) = self.watchers.get_mut(&id) {
                         w.sent_since_tick = true;
                     }
-                    gathered.push(out);
-                    if gathered.len() >= RESPONSES_PER_QUEUED_MAX {
-                        self.send_gathered(&mut gathered).await?;
-                    }
+                    self.send_out(WatchOut::Events(out)).await?;
                 }
             }
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.next_rev = batch.to_rev + 1;
             }
         }
-        self.send_gathered(&mut gathered).await
+        Ok(())
     }
 
     /// etcd's rule for a watcher that asked for fragments: a response of more than one event

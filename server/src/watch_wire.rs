@@ -12,7 +12,6 @@
 //! generated server would, and answers any other method with `Unimplemented`.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -40,51 +39,6 @@ pub enum WatchOut {
     Message(WatchResponse),
     /// Events for one watcher, encoded once for the stream.
     Events(EncodedEvents),
-}
-
-/// What a watch stream's task queues for its client: one response, or a batch's responses for
-/// several watchers, which take one place in the queue together (one hand-off, not one per
-/// watcher).
-pub enum Queued {
-    One(WatchOut),
-    Events(Vec<EncodedEvents>),
-}
-
-/// A stream's queue as the responses tonic encodes, one at a time.
-pub struct Responses<S> {
-    queued: S,
-    pending: std::vec::IntoIter<EncodedEvents>,
-}
-
-impl<S> Responses<S> {
-    pub fn new(queued: S) -> Self {
-        Responses {
-            queued,
-            pending: Vec::new().into_iter(),
-        }
-    }
-}
-
-impl<S> futures::Stream for Responses<S>
-where
-    S: futures::Stream<Item = Result<Queued, Status>> + Unpin,
-{
-    type Item = Result<WatchOut, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        use futures::StreamExt;
-        loop {
-            if let Some(events) = self.pending.next() {
-                return Poll::Ready(Some(Ok(WatchOut::Events(events))));
-            }
-            match std::task::ready!(self.queued.poll_next_unpin(cx)) {
-                Some(Ok(Queued::One(out))) => return Poll::Ready(Some(Ok(out))),
-                Some(Ok(Queued::Events(batch))) => self.pending = batch.into_iter(),
-                Some(Err(status)) => return Poll::Ready(Some(Err(status))),
-                None => return Poll::Ready(None),
-            }
-        }
-    }
 }
 
 /// A `WatchResponse` with a header, a watch ID and events, and no other field set: the header
