@@ -5,6 +5,14 @@
 //! It runs beside the writer, in bounded batches, without blocking writes: the writer only
 //! adds versions above C, which never change what is reachable at C. Readers are protected
 //! by the logical compacted revision, which is raised before this starts.
+//!
+//! It reads only the history written since the last finished compaction P. After P, a key
+//! keeps at most one version at or below P (its newest, live); that version becomes
+//! unreachable at C only if the key has a version in (P, C]. So the revisions in (P, C] say
+//! which keys to look at, and a compaction costs what was written since the last one, not
+//! the whole key space (Kubernetes' apiserver compacts every five minutes).
+
+use std::collections::HashSet;
 
 use rocksdb::WriteBatch;
 
@@ -16,6 +24,8 @@ use crate::{Error, Result};
 
 /// Deletes per write batch, so one compaction never holds a large batch in memory.
 const BATCH_DELETES_MAX: usize = 4096;
+/// Keys one compaction remembers having looked at (see `compact_physical`).
+const KEYS_REMEMBERED_MAX: usize = 100_000;
 
 impl Store {
     /// Physically removes history made unreachable by a compaction at `rev`. Safe to rerun;
@@ -35,32 +45,53 @@ impl Store {
         let cf_rev = db.cf_handle(CF_REV).expect("cf");
         let mut revs = db.raw_iterator_cf(cf_rev);
         let mut versions = db.raw_iterator_cf(cf_key);
+        // Everything at or below the last finished compaction that is not a key's newest live
+        // version there is gone already (see the module comment).
+        let previous = self.finished_compaction()?.min(rev);
         let bound = Revision::new(rev, i64::MAX).encode();
         let mut batch = WriteBatch::default();
         let mut pending = 0usize;
         let mut removed = 0u64;
         let opts = backend::write_options();
-        revs.seek_to_first();
+        let mut drop_version = |batch: &mut WriteBatch, key: &[u8], r: Revision| -> Result<()> {
+            batch.delete_cf(cf_key, version_key(key, r));
+            batch.delete_cf(cf_rev, r.encode());
+            pending += 1;
+            removed += 1;
+            if pending >= BATCH_DELETES_MAX {
+                db.write_opt(std::mem::take(batch), &opts)?;
+                pending = 0;
+            }
+            Ok(())
+        };
+        let mut looked_at: HashSet<Vec<u8>> = HashSet::new();
+        revs.seek(Revision::new(previous + 1, 0).encode());
         while revs.valid() && revs.key().expect("valid") <= &bound[..] {
             let r = Revision::decode(revs.key().expect("valid")).ok_or_else(|| Error::Corrupt {
                 cf: CF_REV,
                 detail: "malformed revision".into(),
             })?;
             let key = revs.value().expect("valid").to_vec();
-            let drop = match mvcc::latest(&mut versions, &key, rev)? {
+            let newest = mvcc::latest(&mut versions, &key, rev)?;
+            let drop = match newest {
                 Some((newest, tombstone, _)) => r < newest || (r == newest && tombstone),
                 // Already removed by an earlier run.
                 None => true,
             };
             if drop {
-                batch.delete_cf(cf_key, version_key(&key, r));
-                batch.delete_cf(cf_rev, r.encode());
-                pending += 1;
-                removed += 1;
-                if pending >= BATCH_DELETES_MAX {
-                    db.write_opt(std::mem::take(&mut batch), &opts)?;
-                    pending = 0;
+                drop_version(&mut batch, &key, r)?;
+            }
+            // The key's version kept by the last compaction, now superseded at or below C.
+            if previous > 0 && !looked_at.contains(&key) {
+                if let Some((old, _, _)) = mvcc::latest(&mut versions, &key, previous)? {
+                    drop_version(&mut batch, &key, old)?;
                 }
+                if looked_at.len() >= KEYS_REMEMBERED_MAX {
+                    // Bounded memory: a key seen again is looked at again, and a version not
+                    // yet written out as deleted may be deleted (and counted) twice.
+                    looked_at.clear();
+                }
+                looked_at.insert(key);
             }
             revs.next();
         }

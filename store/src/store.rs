@@ -272,6 +272,21 @@ impl Store {
         live.min(self.size_on_disk())
     }
 
+    /// Versions the store physically holds: every key's every version and tombstone, what
+    /// physical compaction has left (for tests and debugging; reads the whole key family).
+    pub fn versions_held(&self) -> Result<u64> {
+        let db = &self.inner.db;
+        let mut iter = db.raw_iterator_cf(db.cf_handle(backend::CF_KEY).expect("cf"));
+        iter.seek_to_first();
+        let mut held = 0;
+        while iter.valid() {
+            held += 1;
+            iter.next();
+        }
+        iter.status()?;
+        Ok(held)
+    }
+
     /// An integer property of RocksDB's, summed over the column families.
     fn sum_property(&self, name: &str) -> u64 {
         let db = &self.inner.db;

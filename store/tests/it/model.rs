@@ -29,6 +29,23 @@ impl Model {
         }
     }
 
+    /// Versions a store holds once compacted physically at `rev`: every version above it,
+    /// and each key's newest version at or below it if that one is live.
+    pub fn held_after_compaction(&self, rev: i64) -> u64 {
+        self.history
+            .values()
+            .map(|versions| {
+                let above = versions.iter().filter(|(r, _)| *r > rev).count();
+                let kept = versions
+                    .iter()
+                    .rev()
+                    .find(|(r, _)| *r <= rev)
+                    .is_some_and(|(_, kv)| kv.is_some());
+                (above + usize::from(kept)) as u64
+            })
+            .sum()
+    }
+
     pub fn live_at(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
         self.history
             .get(key)?
