@@ -72,8 +72,7 @@ impl Store {
                 detail: "malformed revision".into(),
             })?;
             let key = revs.value().expect("valid").to_vec();
-            let newest = mvcc::latest(&mut versions, &key, rev)?;
-            let drop = match newest {
+            let drop = match mvcc::latest(&mut versions, &key, rev)? {
                 Some((newest, tombstone, _)) => r < newest || (r == newest && tombstone),
                 // Already removed by an earlier run.
                 None => true,
