@@ -21,6 +21,7 @@
 //! - [`kv`], [`watch`], [`lease`], [`cluster`], [`maintenance`], [`auth`]: one file per
 //!   etcd service.
 //! - [`watch_wire`]: the Watch service's gRPC binding, and events encoded once per stream.
+//! - [`dispatch`]: routes client requests to their service; counts them while handled.
 //! - [`http`]: `/health`, `/version`, `/metrics`.
 //! - [`transfer`]: leadership transfer (MoveLeader).
 //! - [`stream`]: server streams that send headers with their first message, as grpc-go does.
@@ -33,6 +34,7 @@ pub mod cluster;
 pub mod compactor;
 pub mod config;
 pub mod date;
+pub mod dispatch;
 pub mod errors;
 pub mod grpc_status;
 pub mod http;

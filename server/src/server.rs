@@ -204,25 +204,18 @@ pub async fn run(
     ];
 
     let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let routes = tonic::service::Routes::from(crate::http::router(node.clone()))
-        .add_service(
-            KvServer::new(KvService::new(node.clone(), compactor))
-                .max_decoding_message_size(max_recv),
-        )
-        .add_service(WatchServer::new(
-            WatchService::new(node.clone(), stop_rx.clone()),
-            max_recv,
-        ))
-        .add_service(
-            LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone()))
-                .max_decoding_message_size(max_recv),
-        )
-        .add_service(ClusterServer::new(ClusterService::new(node.clone())))
-        .add_service(
-            MaintenanceServer::new(MaintenanceService::new(node.clone()))
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(AuthServer::new(AuthService::new(node.clone())));
+    let services = crate::dispatch::Dispatch::new(crate::dispatch::Services {
+        kv: KvServer::new(KvService::new(node.clone(), compactor))
+            .max_decoding_message_size(max_recv),
+        watch: WatchServer::new(WatchService::new(node.clone(), stop_rx.clone()), max_recv),
+        lease: LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone()))
+            .max_decoding_message_size(max_recv),
+        cluster: ClusterServer::new(ClusterService::new(node.clone())),
+        maintenance: MaintenanceServer::new(MaintenanceService::new(node.clone()))
+            .max_encoding_message_size(usize::MAX),
+        auth: AuthServer::new(AuthService::new(node.clone())),
+        http: crate::http::router(node.clone()),
+    });
 
     let mut incoming = Vec::new();
     for addr in &config.listen_client {
@@ -258,25 +251,12 @@ pub async fn run(
         tracing::info!("shutting down: closing streams and draining requests");
         let _ = stop_tx.send(true);
     };
+    // Requests are routed by `dispatch`, which also counts them in `HANDLING` while they are
+    // handled: connections then hold their writes back a moment, so responses go out together
+    // (`raftlog::transport::HANDLING`).
     tonic::transport::Server::builder()
         .accept_http1(true)
-        // A request counts as being handled from its arrival until its response is ready:
-        // connections then hold their writes back a moment, so responses go out together
-        // (`raftlog::transport::HANDLING`).
-        .layer(tower::util::MapFutureLayer::new(|response| {
-            let handling = raftlog::transport::HANDLING.enter();
-            async move {
-                let r = response.await;
-                drop(handling);
-                r
-            }
-        }))
-        .layer(tower::util::MapResponseLayer::new(
-            crate::grpc_status::etcd_compatible,
-        ))
-        .layer(tower::util::MapResponseLayer::new(crate::date::simulated))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, signal)
+        .serve_with_incoming_shutdown(services, incoming, signal)
         .await?;
 
     for task in background {

@@ -291,6 +291,14 @@ impl Decoder for RawDecoder {
 }
 
 async fn raw_put(endpoint: &str, body: Vec<u8>) -> tonic::Code {
+    match raw_call(endpoint, "/etcdserverpb.KV/Put", body).await {
+        Ok(()) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+/// Sends `body` as the request message of the method at `path`.
+async fn raw_call(endpoint: &str, path: &'static str, body: Vec<u8>) -> Result<(), tonic::Status> {
     let channel = Channel::from_shared(format!("http://{endpoint}"))
         .unwrap()
         .connect()
@@ -298,14 +306,34 @@ async fn raw_put(endpoint: &str, body: Vec<u8>) -> tonic::Code {
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
     grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
-    match grpc
-        .unary::<Vec<u8>, Vec<u8>, _>(tonic::Request::new(body), path, RawCodec)
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary::<Vec<u8>, Vec<u8>, _>(tonic::Request::new(body), path, RawCodec)
         .await
-    {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_services_and_methods_are_refused_like_etcd() {
+    let etcd = Server::start(Kind::Etcd);
+    let cairn = Server::start(Kind::Cairn);
+    // A known service's unknown method: the same code; grpc-go names the method, tonic not.
+    for (path, same_message) in [
+        ("/etcdserverpb.Nope/Range", true),
+        ("/etcdserverpb.KV/Range/x", true),
+        ("/nothing", true),
+        ("/etcdserverpb.KV/Nope", false),
+    ] {
+        let a = raw_call(&etcd.endpoint(), path, vec![]).await.unwrap_err();
+        let b = raw_call(&cairn.endpoint(), path, vec![]).await.unwrap_err();
+        assert_ne!(a.code(), tonic::Code::Ok, "{path}: etcd {a:?}");
+        assert_eq!(a.code(), b.code(), "{path}: etcd {a:?}, cairn {b:?}");
+        if same_message {
+            assert_eq!(a.message(), b.message(), "{path}");
+        }
     }
+    // Still serving.
+    let mut c = Client::connect(&cairn.endpoint()).await;
+    c.current_revision().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
