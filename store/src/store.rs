@@ -39,14 +39,18 @@ pub struct Store {
 /// A consistent read view: a RocksDB snapshot plus the revision it is read at.
 pub(crate) struct View<'a> {
     pub(crate) db: &'a DB,
-    snapshot: rocksdb::Snapshot<'a>,
+    /// `None`: each iterator sees the store as it is when the iterator is created (its own
+    /// implicit snapshot), which is enough for a view that creates one iterator.
+    snapshot: Option<rocksdb::Snapshot<'a>>,
     _not_restoring: RwLockReadGuard<'a, ()>,
 }
 
 impl<'a> View<'a> {
     pub(crate) fn opts(&self, upper_bound: Option<Vec<u8>>) -> ReadOptions {
         let mut o = ReadOptions::default();
-        o.set_snapshot(&self.snapshot);
+        if let Some(snapshot) = &self.snapshot {
+            o.set_snapshot(snapshot);
+        }
         if let Some(b) = upper_bound {
             o.set_iterate_upper_bound(b);
         }
@@ -135,6 +139,15 @@ impl Store {
     }
 
     pub(crate) fn view(&self) -> View<'_> {
+        let mut view = self.view_for_one_iterator();
+        view.snapshot = Some(self.inner.db.snapshot());
+        view
+    }
+
+    /// A view without a snapshot of its own, for a read through one iterator: the iterator
+    /// pins the store as it is when created, as a snapshot would, and a read saves taking
+    /// and releasing one (each takes RocksDB's DB mutex).
+    fn view_for_one_iterator(&self) -> View<'_> {
         let guard = self
             .inner
             .restoring
@@ -142,7 +155,7 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner());
         View {
             db: &self.inner.db,
-            snapshot: self.inner.db.snapshot(),
+            snapshot: None,
             _not_restoring: guard,
         }
     }
@@ -183,21 +196,21 @@ impl Store {
         limit: usize,
         count_only: bool,
     ) -> Result<(Scan, i64)> {
-        // The snapshot is taken after `current` is loaded, so it holds every write up to it;
-        // the compaction check runs after the snapshot, so a compaction that could have
-        // removed history at the read revision is either seen here or began after the
-        // snapshot. A read of "the current revision" that a compaction overtook between the
-        // two loads starts again at the newer current revision.
-        let (current, view, read_rev) = loop {
+        // The iterator (the read's snapshot) is created after `current` is loaded, so it holds
+        // every write up to it; the compaction check runs after the iterator is created, so a
+        // compaction that could have removed history at the read revision is either seen here
+        // or began after it. A read of "the current revision" that a compaction overtook
+        // between the two loads starts again at the newer current revision.
+        let end = RangeEnd::from_request(range_end);
+        let view = self.view_for_one_iterator();
+        let (current, mut iter, read_rev) = loop {
             let current = self.current_revision();
-            let view = self.view();
+            let iter = view.iter(CF_KEY, end.upper_bound(key));
             match self.check_read_revision_at(rev, current) {
                 Err(Error::Compacted { .. }) if rev <= 0 => continue,
-                other => break (current, view, other?),
+                other => break (current, iter, other?),
             }
         };
-        let end = RangeEnd::from_request(range_end);
-        let mut iter = view.iter(CF_KEY, end.upper_bound(key));
         let scan = mvcc::scan(&mut iter, key, &end, read_rev, limit, count_only)?;
         Ok((scan, current))
     }
