@@ -245,6 +245,14 @@ impl Meter {
     }
 }
 
+/// What an operation that outlived `OP_TIMEOUT` counts as.
+pub const TIMED_OUT: &str = "no answer within the operation timeout (10 s)";
+
+/// An error as the error distribution shows it: its gRPC code and message.
+pub fn describe(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
 /// Runs `plan.clients` clients in a closed loop. `make(c)` builds client `c`'s operation; the
 /// operation gets the operation number and returns `Ok(Some(kind))` to record its latency
 /// under a named kind, `Ok(None)` to record it overall only, or an error (counted, not
@@ -270,7 +278,8 @@ where
                 match tokio::time::timeout(OP_TIMEOUT, op(i)).await {
                     Ok(Ok(None)) => rec.record(t.elapsed()),
                     Ok(Ok(Some(kind))) => rec.record_op(kind, t.elapsed()),
-                    Ok(Err(_)) | Err(_) => rec.errors += 1,
+                    Ok(Err(status)) => rec.error(&describe(&status)),
+                    Err(_) => rec.error(TIMED_OUT),
                 }
                 ticket.done.fetch_add(1, Ordering::Relaxed);
             }

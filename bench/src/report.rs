@@ -16,11 +16,18 @@ const CDF_QUANTILES: [f64; 14] = [
     0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0,
 ];
 
+/// Distinct error texts kept per run; further ones count under `OTHER_ERRORS`.
+const ERROR_KINDS_MAX: usize = 16;
+const OTHER_ERRORS: &str = "(other errors)";
+
 /// Latencies and outcome counts of one client (or of all clients, once merged).
 #[derive(Clone)]
 pub struct Recorder {
     hist: Histogram<u64>,
     pub errors: u64,
+    /// How many errors of each kind (gRPC code and message), as etcd's tool's "Error
+    /// distribution".
+    error_kinds: BTreeMap<String, u64>,
     /// Latencies of each named operation kind, for mixed workloads.
     by_op: BTreeMap<&'static str, Histogram<u64>>,
 }
@@ -30,6 +37,7 @@ impl Default for Recorder {
         Recorder {
             hist: new_hist(),
             errors: 0,
+            error_kinds: BTreeMap::new(),
             by_op: BTreeMap::new(),
         }
     }
@@ -56,6 +64,22 @@ impl Recorder {
             .expect("within bounds");
     }
 
+    /// Counts a failed operation, under what went wrong.
+    pub fn error(&mut self, what: &str) {
+        self.errors += 1;
+        self.add_errors(what, 1);
+    }
+
+    fn add_errors(&mut self, what: &str, n: u64) {
+        let kind =
+            if self.error_kinds.contains_key(what) || self.error_kinds.len() < ERROR_KINDS_MAX {
+                what
+            } else {
+                OTHER_ERRORS
+            };
+        *self.error_kinds.entry(kind.to_string()).or_default() += n;
+    }
+
     pub fn count(&self) -> u64 {
         self.hist.len()
     }
@@ -63,6 +87,9 @@ impl Recorder {
     pub fn merge(&mut self, other: &Recorder) {
         self.hist.add(&other.hist).expect("same bounds");
         self.errors += other.errors;
+        for (what, n) in &other.error_kinds {
+            self.add_errors(what, *n);
+        }
         for (op, h) in &other.by_op {
             self.by_op
                 .entry(op)
@@ -118,6 +145,9 @@ pub struct Report {
     /// Completed operations (for watch workloads: events delivered).
     pub ops: u64,
     pub errors: u64,
+    /// Errors by kind (gRPC code and message).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_kinds: BTreeMap<String, u64>,
     pub elapsed_s: f64,
     pub ops_per_sec: f64,
     pub latency_ms: Latency,
@@ -188,6 +218,7 @@ impl Report {
             conns: facts.conns,
             ops,
             errors: rec.errors,
+            error_kinds: rec.error_kinds.clone(),
             elapsed_s,
             ops_per_sec: if elapsed_s > 0.0 {
                 ops as f64 / elapsed_s
@@ -253,6 +284,12 @@ impl Report {
         for (k, v) in &self.extra {
             s += &format!("  {k}:\t{v}\n");
         }
+        if !self.error_kinds.is_empty() {
+            s += "  Error distribution:\n";
+            for (what, n) in &self.error_kinds {
+                s += &format!("    [{n}]\t{what}\n");
+            }
+        }
         s
     }
 
@@ -275,7 +312,9 @@ mod tests {
         for i in 901..=1000u64 {
             b.record_op("slow", Duration::from_micros(i * 10));
         }
-        b.errors = 3;
+        b.error("Unavailable: etcdserver: leader changed");
+        b.error("Unavailable: etcdserver: leader changed");
+        a.error("timed out");
         a.merge(&b);
         let facts = RunFacts {
             workload: "put".into(),
@@ -290,6 +329,11 @@ mod tests {
         let r = Report::new(facts, &a);
         assert_eq!(r.ops, 1000);
         assert_eq!(r.errors, 3);
+        assert_eq!(r.error_kinds["Unavailable: etcdserver: leader changed"], 2);
+        assert_eq!(r.error_kinds["timed out"], 1);
+        assert!(r
+            .human()
+            .contains("[2]\tUnavailable: etcdserver: leader changed"));
         assert_eq!(r.ops_per_sec, 500.0);
         assert!((r.latency_ms.p50 - 0.5).abs() < 0.01, "{:?}", r.latency_ms);
         assert!((r.latency_ms.max - 10.0).abs() < 0.02, "{:?}", r.latency_ms);

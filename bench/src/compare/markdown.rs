@@ -307,6 +307,37 @@ fn table(out: &mut String, r: &Results, members: usize) {
     }
 }
 
+/// Every run that had errors, with what they were.
+fn errors(out: &mut String, r: &Results) {
+    let failed: Vec<&Sample> = r.samples.iter().filter(|s| s.report.errors > 0).collect();
+    if failed.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n## Errors\n\n| Server | Members | Workload | Clients | Round | Errors |\n|---|---:|---|---:|---:|---|");
+    for s in failed {
+        let kinds: Vec<String> = s
+            .report
+            .error_kinds
+            .iter()
+            .map(|(what, n)| format!("{n} × {}", what.replace('|', "\\|")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            s.server,
+            s.members,
+            s.case.workload,
+            s.case.clients,
+            s.round,
+            if kinds.is_empty() {
+                s.report.errors.to_string()
+            } else {
+                kinds.join("; ")
+            }
+        );
+    }
+}
+
 pub fn render(r: &Results, chart: &Path, analysis: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks: cairn and etcd 3.5.1, side by side\n");
@@ -342,6 +373,7 @@ pub fn render(r: &Results, chart: &Path, analysis: Option<&str>) -> String {
         table(&mut out, r, m);
     }
     let _ = writeln!(out, "\nWorkloads: `put` random keys over 100,000, 256-byte values; `range-l`/`range-s` one key, linearizable/serializable; `txn-put` compare mod_revision then put (each client its own keys); `txn-mixed` one-op txns, half reads (linearizable) and half puts; `lease-keepalive` one lease per client, renewals round trips; `k8s` the kube-apiserver-shaped mix (`bench/src/workload/k8s.rs`); `watch` 1,000 puts from 16 clients to one key watched by 1,000 watchers (10 streams × 100), ops are events delivered per second from the first put to the last event; `watch-sustained` the same with 15,000 puts (15 million events: streams fall behind the writes and catch up from history); `watch-latency` 500 puts/s to one key watched by 100 watchers with prev_kv, latency from put to event. Connections: one per 16 clients; on clusters the leader's endpoint comes first (all load of 1 and 16 clients goes to the leader). Between cases both servers compact their history. CPU a server spends after a run until it is idle again (flushes, compactions) is charged to that run. Unlike etcd's own tool, `txn-put` is one compare-and-put per txn (Kubernetes' update), `txn-mixed` reads one key, and `lease-keepalive` reuses one stream per client.");
+    errors(&mut out, r);
     if !r.footprints.is_empty() {
         let _ = writeln!(out, "\n## Memory and disk\n\nA fresh single member of each, loaded with 256-byte values under sequential 16-byte keys by 256 clients, measured 5 s after the load.\n\n| Server | Keys | RSS MiB | On-disk MiB | Load ops/s |\n|---|---:|---:|---:|---:|");
         for f in &r.footprints {
@@ -391,5 +423,39 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn runs_with_errors_are_listed_with_what_went_wrong() {
+        let mut failed = Report::empty();
+        failed.errors = 3;
+        failed.error_kinds.insert("Unavailable: a | b".into(), 3);
+        let sample = |server: &str, report: Report| Sample {
+            members: 3,
+            server: server.into(),
+            case: Case {
+                workload: "k8s".into(),
+                clients: 16,
+            },
+            round: 0,
+            report,
+        };
+        let mut r = Results {
+            samples: vec![sample("etcd", Report::empty())],
+            footprints: vec![],
+            client_cpu: vec![],
+            fdatasync_ms: (0.1, 0.2),
+            machine: String::new(),
+            args: String::new(),
+        };
+        let mut out = String::new();
+        errors(&mut out, &r);
+        assert!(out.is_empty(), "no errors, no section: {out}");
+        r.samples.push(sample("cairn", failed));
+        errors(&mut out, &r);
+        assert!(
+            out.contains("| cairn | 3 | k8s | 16 | 0 | 3 × Unavailable: a \\| b |"),
+            "{out}"
+        );
     }
 }

@@ -328,18 +328,15 @@ pub async fn stock_client(
                 // The same per-operation timeout as `closed_loop`, so both drivers pay for it.
                 let call = async {
                     if op == "put" {
-                        kv.put(key, value.clone(), None).await.is_ok()
+                        kv.put(key, value.clone(), None).await.map(drop)
                     } else {
-                        kv.get(key, None).await.is_ok()
+                        kv.get(key, None).await.map(drop)
                     }
                 };
-                let ok = tokio::time::timeout(crate::driver::OP_TIMEOUT, call)
-                    .await
-                    .unwrap_or(false);
-                if ok {
-                    rec.record(t.elapsed());
-                } else {
-                    rec.errors += 1;
+                match tokio::time::timeout(crate::driver::OP_TIMEOUT, call).await {
+                    Ok(Ok(())) => rec.record(t.elapsed()),
+                    Ok(Err(e)) => rec.error(&e.to_string()),
+                    Err(_) => rec.error(crate::driver::TIMED_OUT),
                 }
             }
             rec

@@ -291,6 +291,12 @@ async fn run(name: &str, plan: &Plan, spec: &WatchSpec, stall: Duration) -> anyh
     report.extra.insert("events_expected".into(), want as f64);
     report.extra.insert("events_received".into(), events as f64);
     report.errors = puts.errors + want.saturating_sub(events);
+    report.error_kinds = puts.error_kinds.clone();
+    if events < want {
+        report
+            .error_kinds
+            .insert("events not delivered".into(), want - events);
+    }
     Ok(report)
 }
 
