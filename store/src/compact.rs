@@ -121,17 +121,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use etcd_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+    use etcd_proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
 
+    use crate::test_util::put;
     use crate::{range, BackendOptions, Store, WriteRequest};
-
-    fn put(key: &str) -> WriteRequest {
-        WriteRequest::Put(PutRequest {
-            key: key.into(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        })
-    }
 
     /// Keys live at `rev`, in order.
     fn live_at(store: &Store, rev: i64) -> Vec<Vec<u8>> {

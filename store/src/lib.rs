@@ -40,6 +40,8 @@ mod restore;
 pub mod revision;
 pub mod snapshot;
 pub mod store;
+#[cfg(test)]
+mod test_util;
 pub mod writer;
 
 pub use backend::BackendOptions;

@@ -126,18 +126,11 @@ fn execute_at(store: &Store, t: &TxnRequest, rev: i64) -> Result<TxnResponse> {
 
 #[cfg(test)]
 mod tests {
-    use etcd_proto::etcdserverpb::{PutRequest, RequestOp};
+    use etcd_proto::etcdserverpb::RequestOp;
 
     use super::*;
+    use crate::test_util::put;
     use crate::{BackendOptions, WriteRequest};
-
-    fn put(key: &str) -> WriteRequest {
-        WriteRequest::Put(PutRequest {
-            key: key.into(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        })
-    }
 
     fn get(key: &str, revision: i64) -> RequestOp {
         let r = RangeRequest {
