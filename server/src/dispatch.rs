@@ -1,6 +1,6 @@
-//! `Dispatch`: the client port's request router. A gRPC request goes to its service by the
-//! first segment of its path (`/etcdserverpb.KV/Range` → the KV service); anything else goes
-//! to the HTTP endpoints (`http`). Every response then passes the same two rewrites
+//! `Dispatch`: the client port's request router. A gRPC request goes to the service its path
+//! names (`/etcdserverpb.KV/Range` → the KV service); anything else goes to the HTTP
+//! endpoints (`http`). Every response then passes the same two rewrites
 //! (`grpc_status`, `date`), and a request counts in `raftlog::transport::HANDLING` while its
 //! handler runs.
 //!
