@@ -83,6 +83,8 @@ impl Service<Request<Body>> for Dispatch {
     fn call(&mut self, req: Request<Body>) -> Handled {
         let handling = raftlog::transport::HANDLING.enter();
         let s = &*self.0;
+        // Kept (a reference count) to name an unknown method in the answer; see `Handled`.
+        let path = req.uri().path_and_query().cloned();
         let inner = match service_of(req.uri().path()) {
             Some(KvServer::<KvService>::NAME) => s.kv.clone().call(req),
             Some(WatchServer::NAME) => s.watch.clone().call(req),
@@ -106,6 +108,7 @@ impl Service<Request<Body>> for Dispatch {
         Handled {
             inner,
             handling: Some(handling),
+            path,
         }
     }
 }
@@ -118,14 +121,37 @@ fn unserved(path: &str) -> Response<Body> {
         Some(name) => tonic::Status::unimplemented(format!("unknown service {name}")),
         None => tonic::Status::resource_exhausted(format!("malformed method name: {path:?}")),
     };
+    status_response(status)
+}
+
+/// grpc-go's answer to a served service's unknown method: Unimplemented, "unknown method
+/// <method> for service <service>". (tonic's generated services send the code alone.)
+fn unknown_method(path: &str) -> Response<Body> {
+    let service = service_of(path).unwrap_or_default();
+    let method = &path[path.rfind('/').map_or(0, |i| i + 1)..];
+    status_response(tonic::Status::unimplemented(format!(
+        "unknown method {method} for service {service}"
+    )))
+}
+
+fn status_response(status: tonic::Status) -> Response<Body> {
     let (parts, ()) = status.into_http::<()>().into_parts();
     Response::from_parts(parts, Body::empty())
+}
+
+/// Whether a response is tonic's answer to an unknown method: Unimplemented in the headers,
+/// without a message. (Every Unimplemented that cairn's handlers send has etcd's message.)
+fn is_unnamed_unimplemented<B>(resp: &Response<B>) -> bool {
+    let h = resp.headers();
+    h.get("grpc-status").is_some_and(|v| v == "12") && !h.contains_key("grpc-message")
 }
 
 /// A request being handled: the service's future, counted in `HANDLING` until it is ready.
 pub struct Handled {
     inner: BoxFuture,
     handling: Option<Entered>,
+    /// The request's path, to name an unknown method as grpc-go does.
+    path: Option<http::uri::PathAndQuery>,
 }
 
 impl Future for Handled {
@@ -134,6 +160,10 @@ impl Future for Handled {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let resp = ready!(self.inner.as_mut().poll(cx))?;
         self.handling = None;
+        let resp = match &self.path {
+            Some(path) if is_unnamed_unimplemented(&resp) => unknown_method(path.path()),
+            _ => resp,
+        };
         let resp = crate::date::simulated(crate::grpc_status::etcd_compatible(resp));
         Poll::Ready(Ok(resp))
     }
@@ -157,5 +187,17 @@ mod tests {
         assert_eq!(service_of("/health"), None);
         assert_eq!(service_of("health"), None);
         assert_eq!(service_of("/"), None);
+    }
+
+    #[test]
+    fn an_unknown_method_is_named_as_grpc_go_names_it() {
+        let resp = unknown_method("/etcdserverpb.KV/Nope");
+        assert_eq!(resp.headers()["grpc-status"], "12");
+        let status = tonic::Status::from_header_map(resp.headers()).expect("a status");
+        assert_eq!(
+            status.message(),
+            "unknown method Nope for service etcdserverpb.KV"
+        );
+        assert!(!is_unnamed_unimplemented(&resp));
     }
 }
