@@ -68,7 +68,7 @@ impl Default for BackendOptions {
 /// Opens (creating if needed) the RocksDB instance under `path` with Cairn's column families.
 pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
     let cache = Cache::new_lru_cache(opts.block_cache_bytes);
-    let cf_opts = || {
+    let cf_opts = |name: &str| {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
@@ -76,7 +76,11 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
         let mut o = Options::default();
         o.set_block_based_table_factory(&table);
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        o.set_write_buffer_size(32 << 20);
+        // The `key` family's memtable is smaller: a scan steps over every entry of its range
+        // there, and versions that physical compaction deleted stay there, with their
+        // deletions, until a flush drops both (see `compact`). Lists of a Kubernetes
+        // resource under updates spent a quarter less CPU with 8 MiB than with 32.
+        o.set_write_buffer_size(if name == CF_KEY { 8 << 20 } else { 32 << 20 });
         // Memtables grow in small blocks, so the size they report (part of the database's
         // size, see `Store::size_on_disk`) follows what was written, not 4 MiB steps.
         o.set_arena_block_size(64 << 10);
@@ -101,7 +105,7 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
     }
     let cfs = FAMILIES
         .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
+        .map(|name| ColumnFamilyDescriptor::new(name, cf_opts(name)));
     Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
 }
 
