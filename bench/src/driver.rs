@@ -317,10 +317,14 @@ mod tests {
     async fn closed_loop_issues_exactly_total_operations_and_counts_errors() {
         let report = closed_loop("t", &plan(1000, 0.0, None), |_| {
             |i: u64| async move {
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     Err(tonic::Status::unavailable("x"))
                 } else {
-                    Ok(if i % 2 == 0 { Some("even") } else { None })
+                    Ok(if i.is_multiple_of(2) {
+                        Some("even")
+                    } else {
+                        None
+                    })
                 }
             }
         })

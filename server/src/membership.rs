@@ -108,7 +108,7 @@ fn ready(current: &[MemberAttrs], change: Reconfig) -> bool {
             started += 1;
         }
     }
-    started >= members / 2 + 1
+    started > members / 2
 }
 
 fn not_enough_started() -> Status {

@@ -438,7 +438,7 @@ impl WatchStream {
                     let w = self.watchers.get(&id).expect("present");
                     let all = encodings.events();
                     let events = wanted.iter().map(|&i| w.shape(&all[i as usize])).collect();
-                    self.send_events(id, events, header.clone()).await?;
+                    self.send_events(id, events, header).await?;
                 } else {
                     let out = EncodedEvents {
                         header: header_bytes.clone(),
@@ -487,7 +487,7 @@ impl WatchStream {
         };
         w.sent_since_tick = true;
         let fragment = w.fragment;
-        let mut resp = with_header(id, header.clone());
+        let mut resp = with_header(id, header);
         resp.events = events;
         if !self.splits(fragment, resp.events.len(), || resp.encoded_len()) {
             return self.send(resp).await;
@@ -496,17 +496,14 @@ impl WatchStream {
         // etcd's rule: fill a fragment until one more event would reach the limit (a fragment
         // always holds at least one event); every fragment but the last is marked.
         let all = std::mem::take(&mut resp.events);
-        let mut part = with_header(id, header.clone());
+        let mut part = with_header(id, header);
         part.fragment = true;
         for e in all {
             part.events.push(e);
             if part.events.len() > 1 && part.encoded_len() >= limit {
                 let carried = part.events.pop().expect("just pushed");
-                self.send(std::mem::replace(
-                    &mut part,
-                    with_header(id, header.clone()),
-                ))
-                .await?;
+                self.send(std::mem::replace(&mut part, with_header(id, header)))
+                    .await?;
                 part.fragment = true;
                 part.events.push(carried);
             }

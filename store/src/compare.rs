@@ -140,7 +140,7 @@ mod tests {
                 CompareResult::Greater,
                 TargetUnion::Value(b"abb".to_vec())
             ),
-            &[kv.clone()]
+            std::slice::from_ref(&kv)
         ));
         assert!(holds(
             &cmp(

@@ -118,7 +118,7 @@ fn read_event(
     let mut prev_kv = None;
     versions.next();
     let creates = !tombstone && kv.create_revision == kv.mod_revision;
-    while !creates && r.main - 1 >= compacted && versions.valid() {
+    while !creates && r.main > compacted && versions.valid() {
         let k = versions.key().expect("valid");
         if escaped_len(k) != Some(n) || k[..n] != vk[..n] {
             break;

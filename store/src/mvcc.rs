@@ -285,7 +285,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, mut writer) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
         // key → [(revision, value or deleted)]
-        let mut history: BTreeMap<&str, Vec<(i64, Option<Vec<u8>>)>> = BTreeMap::new();
+        type Written = Vec<(i64, Option<Vec<u8>>)>;
+        let mut history: BTreeMap<&str, Written> = BTreeMap::new();
         let plan: [(&str, usize, bool); 5] = [
             ("a", 12, false),
             ("b", 1, false),

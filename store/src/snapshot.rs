@@ -79,7 +79,7 @@ pub fn pack(dir: &Path, out: &Path) -> Result<u64, SnapshotError> {
 pub fn unpack(file: &Path, dir: &Path) -> Result<(), SnapshotError> {
     let mut f = File::open(file)?;
     let len = f.metadata()?.len();
-    if len < DIGEST_LEN + 16 || (len - DIGEST_LEN) % ALIGN != 0 {
+    if len < DIGEST_LEN + 16 || !(len - DIGEST_LEN).is_multiple_of(ALIGN) {
         return Err(SnapshotError::Format(format!("unexpected length {len}")));
     }
     let body_len = len - DIGEST_LEN;

@@ -203,7 +203,7 @@ impl Cluster {
         let m = &self.members[i];
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ok = match tokio::time::timeout(Duration::from_secs(1), async {
+            let ok = tokio::time::timeout(Duration::from_secs(1), async {
                 let ch = tonic::transport::Channel::from_shared(format!("http://{}", m.endpoint()))
                     .unwrap()
                     .connect()
@@ -211,10 +211,7 @@ impl Cluster {
                 ch.is_ok()
             })
             .await
-            {
-                Ok(connected) => connected,
-                Err(_) => false,
-            };
+            .unwrap_or_default();
             if ok
                 && Client::connect(&m.endpoint())
                     .await
