@@ -15,15 +15,10 @@
 //! which keys to look at, and a compaction costs what was written since the last one, not
 //! the whole key space (Kubernetes' apiserver compacts every five minutes).
 //!
-//! A version (in the `key` family) and its history entry (in `rev`) are each written once,
-//! by the revision that made them, and deleted once, here; so the deletions are RocksDB
-//! `SingleDelete`s. When one meets the write it deletes in a flush or a compaction, both
-//! disappear, where a `Delete` tombstone would be carried down to the bottom level, and every
-//! scan over its range would step over it until then (a list of a Kubernetes resource under
-//! updates did). A version deleted twice (a rerun) is handled by RocksDB: of two
-//! `SingleDelete`s in a row the first is dropped. The only other deleter of these entries,
-//! `restore`, uses `Delete` but writes every entry it keeps again afterwards, so a
-//! `SingleDelete` from here always meets that newer write first, never a `Delete`.
+//! The deletions are plain `Delete`s, not `SingleDelete`s, although a version is written by
+//! one revision and deleted once here: installing a snapshot (`restore`) writes again the
+//! versions a member already had, and a `SingleDelete` meeting the newer write in a
+//! compaction would remove both and bring back the older one still in a lower level.
 
 use std::collections::HashSet;
 
@@ -78,8 +73,8 @@ impl Store {
         let mut removed = 0u64;
         let opts = backend::write_options();
         let mut drop_version = |batch: &mut WriteBatch, key: &[u8], r: Revision| {
-            batch.single_delete_cf(cf_key, version_key(key, r));
-            batch.single_delete_cf(cf_rev, r.encode());
+            batch.delete_cf(cf_key, version_key(key, r));
+            batch.delete_cf(cf_rev, r.encode());
             removed += 1;
         };
         let mut looked_at: HashSet<Vec<u8>> = HashSet::new();

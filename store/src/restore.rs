@@ -84,9 +84,9 @@ mod tests {
         })
     }
 
-    /// Physical compaction deletes versions with `SingleDelete`, restore with `Delete`: a
-    /// member that installed a snapshot sharing its history, then compacted, must still
-    /// compact down (RocksDB refuses a `SingleDelete` that meets a `Delete`) and read right.
+    /// A member that installed a snapshot sharing part of its history (so restore deleted
+    /// and wrote again the versions it had), then compacted, still compacts down to one
+    /// version per key, reads right and takes writes.
     #[test]
     fn compaction_after_a_restore_of_shared_history_merges_cleanly() {
         let (src_dir, dst_dir, cp) = (
@@ -119,8 +119,7 @@ mod tests {
         dst_w.publish();
         dst.compact_physical(rev).unwrap();
         dst.defragment().unwrap();
-        // A compaction that met a broken `SingleDelete` contract fails the store's next
-        // writes (checked: a `SingleDelete` over a `Delete` fails this one).
+        // A failed background compaction fails the store's next writes.
         dst_w.apply(&put("d", "d")).unwrap();
         dst_w.sync().unwrap();
         dst_w.publish();
