@@ -99,8 +99,9 @@ impl Store {
                     drop_version(&mut batch, &key, old);
                 }
                 if looked_at.len() >= KEYS_REMEMBERED_MAX {
-                    // Bounded memory: a key seen again is looked at again, and a version not
-                    // yet written out as deleted may be deleted (and counted) twice.
+                    // Bounded memory: a key seen again is looked at again, and its version at
+                    // P may be deleted (and counted) twice, since `versions` reads the store
+                    // as it was when this run began. Deleting twice is harmless.
                     looked_at.clear();
                 }
                 looked_at.insert(key);
