@@ -10,6 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // key, and copying it per watcher is a reference count, not two allocations.
         .bytes(".mvccpb.KeyValue.key")
         .bytes(".mvccpb.KeyValue.value")
+        // A put's key and value too: the request is cloned into its Raft entry and read back
+        // from the log's cache to be applied, and each clone is then a reference count.
+        .bytes(".etcdserverpb.PutRequest.key")
+        .bytes(".etcdserverpb.PutRequest.value")
         .compile_protos(
             &[
                 "proto/rpc.proto",

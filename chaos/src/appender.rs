@@ -160,8 +160,8 @@ fn write_txn(
             shared.written.borrow_mut().insert(value.clone());
             Some(RequestOp {
                 request: Some(Request::RequestPut(PutRequest {
-                    key: key.clone().into_bytes(),
-                    value: value.into_bytes(),
+                    key: key.clone().into_bytes().into(),
+                    value: value.into_bytes().into(),
                     ..Default::default()
                 })),
             })

@@ -75,8 +75,8 @@ pub async fn client(
         let value = format!("l{id}.{n}");
         shared.written.borrow_mut().insert(value.clone());
         let put = PutRequest {
-            key: key.clone().into_bytes(),
-            value: value.into_bytes(),
+            key: key.clone().into_bytes().into(),
+            value: value.into_bytes().into(),
             lease,
             ..Default::default()
         };

@@ -188,8 +188,8 @@ async fn execute(channel: Channel, key: &str, input: &Input) -> Result<Output, t
         }
         Input::Put(v) => {
             kv.put(PutRequest {
-                key,
-                value: v.as_bytes().to_vec(),
+                key: key.into(),
+                value: v.as_bytes().to_vec().into(),
                 ..Default::default()
             })
             .await?;
@@ -207,8 +207,8 @@ async fn execute(channel: Channel, key: &str, input: &Input) -> Result<Output, t
                     }],
                     success: vec![RequestOp {
                         request: Some(Request::RequestPut(PutRequest {
-                            key,
-                            value: to.as_bytes().to_vec(),
+                            key: key.into(),
+                            value: to.as_bytes().to_vec().into(),
                             ..Default::default()
                         })),
                     }],
@@ -300,8 +300,8 @@ pub async fn final_check(healed: Duration, shared: std::rc::Rc<Shared>) -> turmo
         for m in &members {
             let mut kv = KvClient::new(client_channel(m));
             let put = kv.put(PutRequest {
-                key: b"sentinel".to_vec(),
-                value: b"end".to_vec(),
+                key: b"sentinel".to_vec().into(),
+                value: b"end".to_vec().into(),
                 ..Default::default()
             });
             if let Ok(Ok(resp)) = tokio::time::timeout(OP_TIMEOUT, put).await {

@@ -35,8 +35,8 @@ fn header() -> Option<ResponseHeader> {
 
 fn messages() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> usize)> {
     let put = PutRequest {
-        key: b"00001234".to_vec(),
-        value: vec![b'x'; 256],
+        key: b"00001234".to_vec().into(),
+        value: vec![b'x'; 256].into(),
         ..Default::default()
     };
     let range = RangeResponse {
@@ -56,8 +56,8 @@ fn messages() -> Vec<(&'static str, Vec<u8>, fn(&[u8]) -> usize)> {
         }],
         success: vec![RequestOp {
             request: Some(Request::RequestPut(PutRequest {
-                key: key.clone(),
-                value: vec![b'p'; 2048],
+                key: key.clone().into(),
+                value: vec![b'p'; 2048].into(),
                 ..Default::default()
             })),
         }],
@@ -119,8 +119,8 @@ fn codec(c: &mut Criterion) {
         )
     });
     let put = PutRequest {
-        key: b"00001234".to_vec(),
-        value: vec![b'x'; 256],
+        key: b"00001234".to_vec().into(),
+        value: vec![b'x'; 256].into(),
         ..Default::default()
     };
     g.throughput(Throughput::Bytes(put.encoded_len() as u64));

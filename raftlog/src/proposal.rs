@@ -224,8 +224,8 @@ mod tests {
     fn entries_round_trip() {
         let reqs = vec![
             WriteRequest::Put(PutRequest {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
+                key: b"k".to_vec().into(),
+                value: b"v".to_vec().into(),
                 lease: 7,
                 prev_kv: true,
                 ..Default::default()

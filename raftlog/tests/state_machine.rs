@@ -29,8 +29,8 @@ impl ApplyObserver for Seen {
 
 fn put(key: &str, lease: i64) -> WriteRequest {
     WriteRequest::Put(PutRequest {
-        key: key.as_bytes().to_vec(),
-        value: b"v".to_vec(),
+        key: key.as_bytes().to_vec().into(),
+        value: b"v".to_vec().into(),
         lease,
         ..Default::default()
     })

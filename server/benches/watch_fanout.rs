@@ -101,7 +101,7 @@ fn fanout(c: &mut Criterion) {
             if let Ok(ch) = Channel::from_shared(url).unwrap().connect().await {
                 if KvClient::new(ch.clone())
                     .put(PutRequest {
-                        key: b"ready".to_vec(),
+                        key: b"ready".to_vec().into(),
                         ..Default::default()
                     })
                     .await
@@ -129,8 +129,8 @@ fn fanout(c: &mut Criterion) {
                     for _ in 0..iters {
                         let want = seen.load(Ordering::Relaxed) + n as u64;
                         kv.put(PutRequest {
-                            key: key.clone(),
-                            value: vec![b'v'; 256],
+                            key: key.clone().into(),
+                            value: vec![b'v'; 256].into(),
                             ..Default::default()
                         })
                         .await

@@ -132,7 +132,10 @@ impl Applier {
             waiters: &self.waiters,
             id,
         };
-        let proposal = Proposal { id, req };
+        let proposal = Proposal {
+            id,
+            req: req.unshared(),
+        };
         let outcome = tokio::time::timeout(self.request_timeout, async {
             let mut appended = self.submit(proposal)?;
             let mut rx = rx;

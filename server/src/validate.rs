@@ -138,10 +138,10 @@ fn intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Interval>), Etc
         let Some(request_op::Request::RequestPut(p)) = &op.request else {
             continue;
         };
-        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+        if puts.contains(p.key.as_ref()) || deleted(&dels, &p.key) {
             return Err(EtcdError::DuplicateKey);
         }
-        puts.insert(p.key.clone());
+        puts.insert(p.key.to_vec());
     }
     Ok((puts, dels))
 }
@@ -153,7 +153,7 @@ mod tests {
     fn put_op(k: &str) -> RequestOp {
         RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
-                key: k.into(),
+                key: k.to_owned().into(),
                 ..Default::default()
             })),
         }
@@ -238,14 +238,14 @@ mod tests {
         );
         assert_eq!(check(vec![put_op("")]), Err(EtcdError::EmptyKey));
         let p = PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
+            key: b"k".to_vec().into(),
+            value: b"v".to_vec().into(),
             ignore_value: true,
             ..Default::default()
         };
         assert_eq!(put(&p), Err(EtcdError::ValueProvided));
         let p = PutRequest {
-            key: b"k".to_vec(),
+            key: b"k".to_vec().into(),
             lease: 5,
             ignore_lease: true,
             ..Default::default()

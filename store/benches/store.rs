@@ -23,8 +23,8 @@ fn loaded() -> (tempfile::TempDir, Store, Writer) {
     let (store, mut writer) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
     for i in 0..KEYS {
         let put = PutRequest {
-            key: key(i),
-            value: vec![b'v'; VALUE_BYTES],
+            key: key(i).into(),
+            value: vec![b'v'; VALUE_BYTES].into(),
             ..Default::default()
         };
         writer.apply(&WriteRequest::Put(put)).unwrap();
@@ -43,8 +43,8 @@ fn bench(c: &mut Criterion) {
             || {
                 next = (next * 7919 + 13) % KEYS;
                 WriteRequest::Put(PutRequest {
-                    key: key(next),
-                    value: vec![b'w'; VALUE_BYTES],
+                    key: key(next).into(),
+                    value: vec![b'w'; VALUE_BYTES].into(),
                     ..Default::default()
                 })
             },
@@ -94,8 +94,8 @@ fn bench(c: &mut Criterion) {
                     }],
                     success: vec![RequestOp {
                         request: Some(request_op::Request::RequestPut(PutRequest {
-                            key: k,
-                            value: vec![b'u'; VALUE_BYTES],
+                            key: k.into(),
+                            value: vec![b'u'; VALUE_BYTES].into(),
                             ..Default::default()
                         })),
                     }],

@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use etcd_proto::etcdserverpb::compare::CompareTarget;
 use etcd_proto::etcdserverpb::{
     request_op, response_op, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
@@ -38,7 +39,7 @@ pub(crate) struct Change<'a> {
     pub(crate) sub: i64,
     pub(crate) batch: WriteBatch,
     /// Keys this request changed: `None` = deleted. Reads inside a txn consult it first.
-    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    overlay: BTreeMap<Bytes, Option<KeyValue>>,
     /// Keys written lately, as of `base`: consulted before the store.
     recent: &'a Recent,
     /// What this request read from the store about keys `recent` did not know, as of `base`:
@@ -75,7 +76,7 @@ impl<'a> Change<'a> {
         states.extend(
             self.overlay
                 .into_iter()
-                .map(|(k, v)| (k, v.as_ref().map(Meta::of))),
+                .map(|(k, v)| (k.to_vec(), v.as_ref().map(Meta::of))),
         );
         (self.batch, self.events, states)
     }
@@ -157,14 +158,14 @@ impl<'a> Change<'a> {
         }
         let value = match (&prev, p.ignore_value) {
             (Some(prev), true) => prev.value.clone(),
-            _ => p.value.clone().into(),
+            _ => p.value.clone(),
         };
         let lease = match (&meta, p.ignore_lease) {
             (Some(prev), true) => prev.lease,
             _ => p.lease,
         };
         let kv = KeyValue {
-            key: p.key.clone().into(),
+            key: p.key.clone(),
             create_revision: meta.map_or(self.rev, |m| m.create_revision),
             mod_revision: self.rev,
             version: meta.map_or(1, |m| m.version + 1),
@@ -243,13 +244,14 @@ impl<'a> Change<'a> {
             self.batch
                 .delete_cf(cf(self.db, CF_LEASE), backend::lease_attachment(lease, key));
         }
+        let key = Bytes::copy_from_slice(key);
         let tomb = KeyValue {
-            key: key.to_vec().into(),
+            key: key.clone(),
             mod_revision: self.rev,
             ..Default::default()
         };
         self.write_version(&tomb, true);
-        self.overlay.insert(key.to_vec(), None);
+        self.overlay.insert(key, None);
         self.events.push(Event {
             r#type: EventType::Delete as i32,
             kv: Some(tomb),
@@ -431,15 +433,15 @@ impl RangeSource for TxnSource<'_, '_> {
 
 fn merge_overlay(
     base: Vec<KeyValue>,
-    overlay: &BTreeMap<Vec<u8>, Option<KeyValue>>,
+    overlay: &BTreeMap<Bytes, Option<KeyValue>>,
     start: &[u8],
     end: &RangeEnd,
 ) -> Vec<KeyValue> {
     if overlay.is_empty() {
         return base;
     }
-    let mut merged: BTreeMap<Vec<u8>, KeyValue> =
-        base.into_iter().map(|kv| (kv.key.to_vec(), kv)).collect();
+    let mut merged: BTreeMap<Bytes, KeyValue> =
+        base.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
     for (k, v) in overlay.iter().filter(|(k, _)| end.contains(start, k)) {
         match v {
             Some(kv) => merged.insert(k.clone(), kv.clone()),

@@ -305,7 +305,7 @@ mod tests {
                     writer
                         .apply(&WriteRequest::Put(PutRequest {
                             key: key.into(),
-                            value: value.clone(),
+                            value: value.clone().into(),
                             ..Default::default()
                         }))
                         .unwrap();

@@ -78,8 +78,8 @@ mod tests {
 
     fn put(key: &str, value: &str) -> WriteRequest {
         WriteRequest::Put(PutRequest {
-            key: key.into(),
-            value: value.into(),
+            key: key.to_owned().into(),
+            value: value.to_owned().into(),
             ..Default::default()
         })
     }

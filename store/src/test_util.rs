@@ -7,8 +7,8 @@ use crate::WriteRequest;
 /// A put of `key` with the value `v`.
 pub fn put(key: &str) -> WriteRequest {
     WriteRequest::Put(PutRequest {
-        key: key.into(),
-        value: b"v".to_vec(),
+        key: key.to_owned().into(),
+        value: b"v".to_vec().into(),
         ..Default::default()
     })
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcd_proto::etcdserverpb::kv_client::KvClient;
 use etcd_proto::etcdserverpb::lease_client::LeaseClient;
@@ -74,7 +75,7 @@ fn txn(compare: Compare, success: Request, failure: Option<Request>) -> TxnReque
     }
 }
 
-fn create_txn(key: Vec<u8>, value: Vec<u8>) -> TxnRequest {
+fn create_txn(key: Vec<u8>, value: Bytes) -> TxnRequest {
     let cmp = Compare {
         result: CompareResult::Equal as i32,
         target: CompareTarget::Create as i32,
@@ -89,7 +90,7 @@ fn create_txn(key: Vec<u8>, value: Vec<u8>) -> TxnRequest {
     txn(
         cmp,
         Request::RequestPut(PutRequest {
-            key,
+            key: key.into(),
             value,
             ..Default::default()
         }),
@@ -123,7 +124,7 @@ struct World {
 
 /// Creates the long-lived objects (or learns their revisions if an earlier run made them).
 async fn populate(kv: &mut KvClient<Channel>, spec: &K8sSpec, world: &World) -> anyhow::Result<()> {
-    let value = vec![b'o'; spec.val_size];
+    let value = Bytes::from(vec![b'o'; spec.val_size]);
     for n in 0..spec.objects {
         let resp = kv
             .txn(create_txn(object_key(n), value.clone()))
@@ -279,14 +280,17 @@ async fn one_op(
     created: &Mutex<VecDeque<(Vec<u8>, i64)>>,
 ) -> Result<Option<&'static str>, tonic::Status> {
     let mut kv = KvClient::new(ch.clone());
-    let value = vec![b'u'; spec.val_size];
+    let value = Bytes::from(vec![b'u'; spec.val_size]);
     match op {
         "update" => {
             let key = object_key(n);
             let slot = &world.revs[n as usize];
             loop {
                 let rev = slot.load(Ordering::Relaxed);
-                let resp = kv.txn(update_txn(&key, rev, &value)).await?.into_inner();
+                let resp = kv
+                    .txn(update_txn(&key, rev, value.clone()))
+                    .await?
+                    .into_inner();
                 if resp.succeeded {
                     slot.fetch_max(
                         resp.header.map(|h| h.revision).unwrap_or(0),
@@ -348,8 +352,8 @@ async fn one_op(
             )
             .into_bytes();
             kv.put(PutRequest {
-                key,
-                value,
+                key: key.into(),
+                value: value.into(),
                 lease,
                 ..Default::default()
             })
@@ -363,7 +367,7 @@ async fn create(
     kv: &mut KvClient<Channel>,
     n: u64,
     (nonce, client, i): (u64, usize, u64),
-    value: Vec<u8>,
+    value: Bytes,
     world: &World,
     created: &Mutex<VecDeque<(Vec<u8>, i64)>>,
 ) -> Result<Option<&'static str>, tonic::Status> {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcd_proto::etcdserverpb::kv_client::KvClient;
 use etcd_proto::etcdserverpb::request_op::Request;
@@ -43,10 +44,11 @@ impl Keys {
     }
 
     /// A value of `val_size` random printable bytes.
-    pub fn value(&self, rng: &mut impl Rng) -> Vec<u8> {
+    pub fn value(&self, rng: &mut impl Rng) -> Bytes {
         (0..self.val_size)
             .map(|_| rng.random_range(b'a'..=b'z'))
-            .collect()
+            .collect::<Vec<u8>>()
+            .into()
     }
 }
 
@@ -64,7 +66,7 @@ pub async fn put(plan: &Plan, keys: &Keys) -> anyhow::Result<Report> {
         let value = keys.value(&mut rng);
         move |i| {
             let req = PutRequest {
-                key: keys.key(keys.pick(i, &mut rng)),
+                key: keys.key(keys.pick(i, &mut rng)).into(),
                 value: value.clone(),
                 ..Default::default()
             };
@@ -201,7 +203,10 @@ pub async fn txn_put(plan: &Plan, keys: &Keys) -> anyhow::Result<Report> {
                 let mut seen = seen.lock().await;
                 let mut known = seen.get(&n).copied().unwrap_or(0);
                 loop {
-                    let resp = kv.txn(update_txn(&key, known, &value)).await?.into_inner();
+                    let resp = kv
+                        .txn(update_txn(&key, known, value.clone()))
+                        .await?
+                        .into_inner();
                     if resp.succeeded {
                         let rev = resp.header.map(|h| h.revision).unwrap_or(0);
                         seen.insert(n, rev);
@@ -221,13 +226,13 @@ pub async fn txn_put(plan: &Plan, keys: &Keys) -> anyhow::Result<Report> {
 }
 
 /// `if mod_revision(key) == rev then put(key, value) else get(key)`.
-pub fn update_txn(key: &[u8], rev: i64, value: &[u8]) -> TxnRequest {
+pub fn update_txn(key: &[u8], rev: i64, value: Bytes) -> TxnRequest {
     TxnRequest {
         compare: vec![mod_rev_equals(key.to_vec(), rev)],
         success: vec![RequestOp {
             request: Some(Request::RequestPut(PutRequest {
-                key: key.to_vec(),
-                value: value.to_vec(),
+                key: key.to_vec().into(),
+                value,
                 ..Default::default()
             })),
         }],
@@ -273,7 +278,7 @@ pub async fn txn_mixed(
                 })
             } else {
                 Request::RequestPut(PutRequest {
-                    key,
+                    key: key.into(),
                     value: value.clone(),
                     ..Default::default()
                 })
@@ -328,7 +333,7 @@ pub async fn stock_client(
                 // The same per-operation timeout as `closed_loop`, so both drivers pay for it.
                 let call = async {
                     if op == "put" {
-                        kv.put(key, value.clone(), None).await.map(drop)
+                        kv.put(key, value.to_vec(), None).await.map(drop)
                     } else {
                         kv.get(key, None).await.map(drop)
                     }

@@ -242,8 +242,8 @@ async fn run(name: &str, plan: &Plan, spec: &WatchSpec, stall: Duration) -> anyh
         move |i| {
             let k = i as usize % keys;
             let req = PutRequest {
-                key: watched_key(k),
-                value: stamped_value(origin, val_size),
+                key: watched_key(k).into(),
+                value: stamped_value(origin, val_size).into(),
                 ..Default::default()
             };
             let (mut kv, put_ok) = (kv.clone(), put_ok.clone());

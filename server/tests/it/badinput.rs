@@ -12,8 +12,8 @@ use crate::harness::{Kind, Server};
 
 fn bad_requests() -> Vec<(&'static str, Op)> {
     let put = |key: &str| PutRequest {
-        key: key.into(),
-        value: b"v".to_vec(),
+        key: key.to_owned().into(),
+        value: b"v".to_vec().into(),
         ..Default::default()
     };
     let many_puts = |n: usize| TxnRequest {
@@ -50,7 +50,7 @@ fn bad_requests() -> Vec<(&'static str, Op)> {
         (
             "ignore_value on a missing key",
             Op::Put(PutRequest {
-                key: b"missing".to_vec(),
+                key: b"missing".to_vec().into(),
                 ignore_value: true,
                 ..Default::default()
             }),
@@ -116,8 +116,8 @@ fn bad_requests() -> Vec<(&'static str, Op)> {
         (
             "request too large",
             Op::Put(PutRequest {
-                key: b"big".to_vec(),
-                value: vec![b'x'; 1_600_000],
+                key: b"big".to_vec().into(),
+                value: vec![b'x'; 1_600_000].into(),
                 ..Default::default()
             }),
         ),
@@ -207,8 +207,8 @@ async fn malformed_requests_get_etcds_errors_and_change_nothing() {
     let mut b = Client::connect(&cairn.endpoint()).await;
     for c in [&mut a, &mut b] {
         c.kv.put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
+            key: b"k".to_vec().into(),
+            value: b"v".to_vec().into(),
             ..Default::default()
         })
         .await
@@ -373,8 +373,8 @@ async fn garbage_and_oversized_frames_are_refused_like_etcd() {
     );
     // Still serving.
     b.kv.put(PutRequest {
-        key: b"after".to_vec(),
-        value: b"ok".to_vec(),
+        key: b"after".to_vec().into(),
+        value: b"ok".to_vec().into(),
         ..Default::default()
     })
     .await

@@ -152,8 +152,8 @@ pub fn write_load(
                     i += 1;
                     let (key, value) = (format!("load/{w}/{}", i % 20), format!("{w}-{i}"));
                     let req = PutRequest {
-                        key: key.clone().into_bytes(),
-                        value: value.clone().into_bytes(),
+                        key: key.clone().into_bytes().into(),
+                        value: value.clone().into_bytes().into(),
                         ..Default::default()
                     };
                     match tokio::time::timeout(Duration::from_secs(10), c.kv.put(req)).await {
@@ -314,8 +314,8 @@ async fn a_member_far_behind_catches_up_by_snapshot() {
             .map(|j| etcd_proto::etcdserverpb::RequestOp {
                 request: Some(etcd_proto::etcdserverpb::request_op::Request::RequestPut(
                     PutRequest {
-                        key: format!("snap/{}", (i * 64 + j) % 5000).into_bytes(),
-                        value: vec![b'v'; 100],
+                        key: format!("snap/{}", (i * 64 + j) % 5000).into_bytes().into(),
+                        value: vec![b'v'; 100].into(),
                         ..Default::default()
                     },
                 )),

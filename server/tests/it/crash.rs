@@ -26,8 +26,8 @@ async fn acknowledged_writes_survive_kill() {
             for i in 0.. {
                 let (key, value) = (format!("crash/{w}/{}", i % 50), format!("{w}-{i}"));
                 let req = PutRequest {
-                    key: key.clone().into_bytes(),
-                    value: value.clone().into_bytes(),
+                    key: key.clone().into_bytes().into(),
+                    value: value.clone().into_bytes().into(),
                     ..Default::default()
                 };
                 match c.kv.put(req).await {

@@ -107,11 +107,11 @@ impl Gen {
         let ignore_value = r.random_bool(0.05);
         let ignore_lease = r.random_bool(0.05);
         PutRequest {
-            key,
+            key: key.into(),
             value: if ignore_value && r.random_bool(0.7) {
-                vec![]
+                vec![].into()
             } else {
-                value
+                value.into()
             },
             lease: if r.random_bool(0.2) {
                 LEASES[r.random_range(0..3)]

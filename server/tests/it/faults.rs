@@ -139,8 +139,8 @@ async fn put_keys(endpoint: &str, prefix: &str, n: usize) -> Vec<(String, String
     for i in 0..n {
         let (key, value) = (format!("{prefix}/{i:04}"), format!("v{i}"));
         let req = PutRequest {
-            key: key.clone().into_bytes(),
-            value: value.clone().into_bytes(),
+            key: key.clone().into_bytes().into(),
+            value: value.clone().into_bytes().into(),
             ..Default::default()
         };
         let rev =
@@ -265,8 +265,8 @@ async fn a_full_disk_stops_writes_with_a_clear_error_and_recovers_when_space_ret
     for i in 0..2000 {
         let key = format!("full/{i:05}");
         let req = PutRequest {
-            key: key.clone().into_bytes(),
-            value: value.clone(),
+            key: key.clone().into_bytes().into(),
+            value: value.clone().into(),
             ..Default::default()
         };
         match tokio::time::timeout(Duration::from_secs(10), c.kv.put(req)).await {

@@ -73,8 +73,8 @@ fn create(key: &str, end: &str, start: i64) -> WatchCreateRequest {
 
 async fn put(c: &mut Client, k: &str, v: &str) {
     c.kv.put(PutRequest {
-        key: k.into(),
-        value: v.into(),
+        key: k.to_owned().into(),
+        value: v.to_owned().into(),
         ..Default::default()
     })
     .await

@@ -23,8 +23,8 @@ const SYNCED_AT: i64 = 300;
 
 fn put(i: i64) -> WriteRequest {
     WriteRequest::Put(PutRequest {
-        key: format!("key{i:05}").into_bytes(),
-        value: vec![(i % 251) as u8; VALUE_LEN],
+        key: format!("key{i:05}").into_bytes().into(),
+        value: vec![(i % 251) as u8; VALUE_LEN].into(),
         ..Default::default()
     })
 }

@@ -99,8 +99,8 @@ fn run(ops: Vec<Op>, recent_keys: usize) -> Result<(), TestCaseError> {
                 let applied = apply(
                     &mut writer,
                     WriteRequest::Put(PutRequest {
-                        key: k.clone(),
-                        value: v.clone(),
+                        key: k.clone().into(),
+                        value: v.clone().into(),
                         prev_kv,
                         ..Default::default()
                     }),
@@ -150,8 +150,8 @@ fn run(ops: Vec<Op>, recent_keys: usize) -> Result<(), TestCaseError> {
                 };
                 let success = vec![RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
-                        key: put.0.clone(),
-                        value: put.1.clone(),
+                        key: put.0.clone().into(),
+                        value: put.1.clone().into(),
                         ..Default::default()
                     })),
                 }];
@@ -187,8 +187,8 @@ fn run(ops: Vec<Op>, recent_keys: usize) -> Result<(), TestCaseError> {
                 let change = |value: &Option<Vec<u8>>| RequestOp {
                     request: Some(match value {
                         Some(v) => request_op::Request::RequestPut(PutRequest {
-                            key: key.clone(),
-                            value: v.clone(),
+                            key: key.clone().into(),
+                            value: v.clone().into(),
                             ..Default::default()
                         }),
                         None => request_op::Request::RequestDeleteRange(DeleteRangeRequest {
@@ -340,8 +340,8 @@ fn hash_kv_ignores_physical_compaction_progress() {
         let key = format!("k{}", i % 5).into_bytes();
         writer
             .apply(&WriteRequest::Put(PutRequest {
-                key,
-                value: vec![i as u8],
+                key: key.into(),
+                value: vec![i as u8].into(),
                 ..Default::default()
             }))
             .unwrap();

@@ -16,8 +16,8 @@ fn state_survives_reopen() {
             .unwrap();
         for i in 0..10 {
             let put = PutRequest {
-                key: format!("k{i}").into_bytes(),
-                value: b"v".to_vec(),
+                key: format!("k{i}").into_bytes().into(),
+                value: b"v".to_vec().into(),
                 lease: if i == 3 { 7 } else { 0 },
                 ..Default::default()
             };
@@ -60,7 +60,7 @@ fn lease_revoke_deletes_attached_keys_in_one_revision() {
     for k in ["x", "y", "z"] {
         let put = PutRequest {
             key: k.into(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             lease: if k == "y" { 0 } else { 1 },
             ..Default::default()
         };
@@ -81,7 +81,7 @@ fn lease_revoke_deletes_attached_keys_in_one_revision() {
         Err(store::Error::LeaseNotFound(1))
     ));
     let put = PutRequest {
-        key: b"q".to_vec(),
+        key: b"q".to_vec().into(),
         lease: 1,
         ..Default::default()
     };
@@ -103,8 +103,8 @@ fn closing_keeps_unflushed_writes_only_when_it_flushes() {
             let (_, mut writer) = Store::open(dir.path(), &opts).unwrap();
             for i in 0..3 {
                 let put = PutRequest {
-                    key: format!("k{i}").into_bytes(),
-                    value: b"v".to_vec(),
+                    key: format!("k{i}").into_bytes().into(),
+                    value: b"v".to_vec().into(),
                     ..Default::default()
                 };
                 writer.apply(&WriteRequest::Put(put)).unwrap();

@@ -17,8 +17,8 @@ fn size_follows_writes_before_any_flush() {
     );
     for i in 0..20 {
         let put = PutRequest {
-            key: format!("k{i}").into_bytes(),
-            value: vec![b'x'; 100_000],
+            key: format!("k{i}").into_bytes().into(),
+            value: vec![b'x'; 100_000].into(),
             ..Default::default()
         };
         writer.apply(&WriteRequest::Put(put)).unwrap();
