@@ -31,13 +31,14 @@ use crate::cluster::ClusterService;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
 use crate::maintenance::MaintenanceService;
+use crate::unary::KvUnary;
 use crate::watch_wire::WatchServer;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// The services served on a client URL.
 pub struct Services {
-    pub kv: KvServer<KvService>,
+    pub kv: KvUnary,
     pub watch: WatchServer,
     pub lease: LeaseServer<LeaseService>,
     pub cluster: ClusterServer<ClusterService>,
@@ -86,7 +87,7 @@ impl Service<Request<Body>> for Dispatch {
         // Kept (a reference count) to name an unknown method in the answer; see `Handled`.
         let path = req.uri().path_and_query().cloned();
         let inner = match service_of(req.uri().path()) {
-            Some(KvServer::<KvService>::NAME) => s.kv.clone().call(req),
+            Some(KvServer::<KvService>::NAME) => s.kv.call(req),
             Some(WatchServer::NAME) => s.watch.clone().call(req),
             Some(LeaseServer::<LeaseService>::NAME) => s.lease.clone().call(req),
             Some(ClusterServer::<ClusterService>::NAME) => s.cluster.clone().call(req),

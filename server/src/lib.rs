@@ -21,6 +21,7 @@
 //! - [`kv`], [`watch`], [`lease`], [`cluster`], [`maintenance`], [`auth`]: one file per
 //!   etcd service.
 //! - [`watch_wire`]: the Watch service's gRPC binding, and events encoded once per stream.
+//! - [`unary`]: the KV service's hot unary calls on the wire, without tonic's generic path.
 //! - [`dispatch`]: routes client requests to their service; counts them while handled.
 //! - [`http`]: `/health`, `/version`, `/metrics`.
 //! - [`transfer`]: leadership transfer (MoveLeader).
@@ -52,6 +53,7 @@ pub mod quota;
 pub mod server;
 pub mod stream;
 pub mod transfer;
+pub mod unary;
 pub mod validate;
 pub mod watch;
 pub mod watch_hub;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use etcd_proto::etcdserverpb::auth_server::AuthServer;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
-use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::AlarmType;
@@ -33,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::observer::Observer;
 use crate::peer::PeerClients;
+use crate::unary::KvUnary;
 use crate::watch::WatchService;
 use crate::watch_hub::WatchHub;
 use crate::watch_wire::WatchServer;
@@ -205,8 +205,7 @@ pub async fn run(
 
     let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let services = crate::dispatch::Dispatch::new(crate::dispatch::Services {
-        kv: KvServer::new(KvService::new(node.clone(), compactor))
-            .max_decoding_message_size(max_recv),
+        kv: KvUnary::new(KvService::new(node.clone(), compactor), max_recv),
         watch: WatchServer::new(WatchService::new(node.clone(), stop_rx.clone()), max_recv),
         lease: LeaseServer::new(LeaseService::new(node.clone(), stop_rx.clone()))
             .max_decoding_message_size(max_recv),
