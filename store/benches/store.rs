@@ -2,7 +2,10 @@
 //! caller's; these measure apply and read cost). Sizes: 10,000 keys of 16 bytes with 256-byte
 //! values preloaded; puts overwrite random existing keys; ranges read one key, or a 100-key
 //! prefix page at the current revision; txns are kube-apiserver's update shape (compare
-//! mod_revision, then put). Run with `cargo bench -p store`.
+//! mod_revision, then put); a compaction removes the versions 1,000 overwrites superseded.
+//! `store_aged`: one-key reads after every key has 100 versions. Run with `cargo bench -p store`.
+
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -110,7 +113,100 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.finish();
+    bench_compact(c, &store, &mut writer);
 }
 
-criterion_group!(benches, bench);
+/// Overwrites before each compaction, each superseding a version the compaction removes.
+const COMPACTED: usize = 1_000;
+
+/// A compaction as the apiserver's periodic one makes it: the logical compaction (a write)
+/// at the current revision, then the physical removal of the versions it made unreachable,
+/// after `COMPACTED` overwrites of random keys since the previous compaction.
+fn bench_compact(c: &mut Criterion, store: &Store, writer: &mut Writer) {
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(COMPACTED as u64));
+    let mut next = 0usize;
+    g.bench_function("compact_after_1000_overwrites", |b| {
+        // The overwrites are untimed: each iteration times one compaction.
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                for _ in 0..COMPACTED {
+                    next = (next * 7919 + 13) % KEYS;
+                    let put = PutRequest {
+                        key: key(next).into(),
+                        value: vec![b'c'; VALUE_BYTES].into(),
+                        ..Default::default()
+                    };
+                    writer.apply(&WriteRequest::Put(put)).unwrap();
+                }
+                writer.publish();
+                let revision = writer.revision();
+                let start = Instant::now();
+                writer.apply(&WriteRequest::Compact { revision }).unwrap();
+                writer.publish();
+                std::hint::black_box(store.compact_physical(revision).unwrap());
+                timed += start.elapsed();
+            }
+            timed
+        })
+    });
+    g.finish();
+}
+
+/// Versions of each key in the aged store.
+const AGED_VERSIONS: usize = 100;
+
+/// Reads on an aged store: every key overwritten until it has `AGED_VERSIONS` versions, never
+/// compacted (a million versions, about 300 MB before compression, most of it in large
+/// level-1 files). A one-key read then goes through those files' indexes: when they were
+/// single index blocks larger than a block-cache shard, every read decompressed one again.
+fn bench_aged(c: &mut Criterion) {
+    let (_dir, store, mut writer) = loaded();
+    for version in 1..AGED_VERSIONS {
+        for i in 0..KEYS {
+            let put = PutRequest {
+                key: key(i).into(),
+                value: vec![version as u8; VALUE_BYTES].into(),
+                ..Default::default()
+            };
+            writer.apply(&WriteRequest::Put(put)).unwrap();
+        }
+        writer.publish();
+    }
+    let mut next = 0usize;
+    let mut g = c.benchmark_group("store_aged");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("range_one_key", |b| {
+        b.iter_batched(
+            || {
+                next = (next * 7919 + 13) % KEYS;
+                RangeRequest {
+                    key: key(next),
+                    ..Default::default()
+                }
+            },
+            |req| range::execute(&store, &req).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("range_one_key_at_an_old_revision", |b| {
+        let old = store.current_revision() - (KEYS * AGED_VERSIONS / 2) as i64;
+        b.iter_batched(
+            || {
+                next = (next * 7919 + 13) % KEYS;
+                RangeRequest {
+                    key: key(next),
+                    revision: old,
+                    ..Default::default()
+                }
+            },
+            |req| range::execute(&store, &req).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_aged);
 criterion_main!(benches);

@@ -73,6 +73,16 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
+        // Indexes and filters in 4 KiB partitions under a small top-level index that stays
+        // pinned (as do level 0's). Whole, a large file's index and filter are blocks of
+        // hundreds of KiB, as large as a block-cache shard: they did not stay cached, and
+        // every read decompressed one again. A one-key read after every key had 100 versions
+        // took 567 µs instead of 3.8 (`cargo bench -p store -- store_aged`).
+        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut o = Options::default();
         o.set_block_based_table_factory(&table);
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
