@@ -7,7 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
+};
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcd_proto::etcdserverpb::{
     request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -56,19 +59,7 @@ fn bench(c: &mut Criterion) {
         )
     });
     writer.publish();
-    g.bench_function("range_one_key", |b| {
-        b.iter_batched(
-            || {
-                next = (next * 7919 + 13) % KEYS;
-                RangeRequest {
-                    key: key(next),
-                    ..Default::default()
-                }
-            },
-            |req| range::execute(&store, &req).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
+    one_key_reads(&mut g, "range_one_key", &store, 0);
     g.bench_function("range_page_100_of_prefix", |b| {
         let req = RangeRequest {
             key: b"/registry/".to_vec(),
@@ -174,38 +165,31 @@ fn bench_aged(c: &mut Criterion) {
         }
         writer.publish();
     }
-    let mut next = 0usize;
     let mut g = c.benchmark_group("store_aged");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("range_one_key", |b| {
-        b.iter_batched(
-            || {
-                next = (next * 7919 + 13) % KEYS;
-                RangeRequest {
-                    key: key(next),
-                    ..Default::default()
-                }
-            },
-            |req| range::execute(&store, &req).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("range_one_key_at_an_old_revision", |b| {
-        let old = store.current_revision() - (KEYS * AGED_VERSIONS / 2) as i64;
-        b.iter_batched(
-            || {
-                next = (next * 7919 + 13) % KEYS;
-                RangeRequest {
-                    key: key(next),
-                    revision: old,
-                    ..Default::default()
-                }
-            },
-            |req| range::execute(&store, &req).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
+    one_key_reads(&mut g, "range_one_key", &store, 0);
+    let old = store.current_revision() - (KEYS * AGED_VERSIONS / 2) as i64;
+    one_key_reads(&mut g, "range_one_key_at_an_old_revision", &store, old);
     g.finish();
+}
+
+/// One-key reads of keys in a fixed pseudo-random order, at `revision` (0: the current one).
+fn one_key_reads(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, store: &Store, revision: i64) {
+    let mut next = 0usize;
+    g.bench_function(name, |b| {
+        b.iter_batched(
+            || {
+                next = (next * 7919 + 13) % KEYS;
+                RangeRequest {
+                    key: key(next),
+                    revision,
+                    ..Default::default()
+                }
+            },
+            |req| range::execute(store, &req).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(benches, bench, bench_aged);

@@ -353,7 +353,7 @@ async fn one_op(
             .into_bytes();
             kv.put(PutRequest {
                 key: key.into(),
-                value: value.into(),
+                value,
                 lease,
                 ..Default::default()
             })
