@@ -10,7 +10,9 @@
 //! within the size limit that decodes cleanly. Anything else (compression, a malformed or
 //! oversized frame, a message that does not decode, any other method) goes to tonic's
 //! generated service with the bytes already read, so every error is tonic's own, word for
-//! word. Errors from the handlers are sent as tonic sends them (`Status::into_http`).
+//! word. A body is read only as far as a plain message could reach; past that, tonic reads on
+//! from where this stopped. Errors from the handlers are sent as tonic sends them
+//! (`Status::into_http`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -86,8 +88,19 @@ impl KvUnary {
         let max = self.max_decoding_message_size;
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let (data, trailers) = match read_body(body).await {
-                Ok(read) => read,
+            let (data, trailers) = match read_body(body, FRAME_HEADER_LEN + max).await {
+                Ok(Read::Whole(data, trailers)) => (data, trailers),
+                // Longer than a plain message can be: tonic reads on from where this stopped.
+                Ok(Read::Cut(data, rest)) => {
+                    let body = Body::new(Resumed {
+                        read: Some(data),
+                        rest,
+                    });
+                    return generated
+                        .clone()
+                        .call(Request::from_parts(parts, body))
+                        .await;
+                }
                 Err(status) => return Ok(status.into_http()),
             };
             let Some(message) = plain_message::<Req>(&data, max) else {
@@ -110,22 +123,35 @@ impl KvUnary {
     }
 }
 
-/// Reads a request body to its end: its data, and its trailers if it has any.
-async fn read_body(body: Body) -> Result<(Bytes, Option<HeaderMap>), tonic::Status> {
-    let mut body = std::pin::pin!(body);
+/// A request body as `read_body` read it.
+enum Read {
+    /// All of it: its data, and its trailers if it has any.
+    Whole(Bytes, Option<HeaderMap>),
+    /// Its data up to where it passed the limit, and the body left to read.
+    Cut(Bytes, Body),
+}
+
+/// Reads a request body to its end, or until its data passes `limit` bytes (the memory a
+/// request may take before tonic's own limits apply).
+async fn read_body(mut body: Body, limit: usize) -> Result<Read, tonic::Status> {
     let mut data: Option<Bytes> = None;
     let mut more = BytesMut::new();
     let mut trailers = None;
-    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+    let mut len = 0;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame?;
         match frame.into_data() {
             // Usually the whole message is one DATA frame, kept as it came.
-            Ok(chunk) if data.is_none() => data = Some(chunk),
+            Ok(chunk) if data.is_none() => {
+                len = chunk.len();
+                data = Some(chunk);
+            }
             Ok(chunk) => {
                 if more.is_empty() {
                     more.extend_from_slice(data.as_deref().unwrap_or_default());
                 }
                 more.extend_from_slice(&chunk);
+                len = more.len();
             }
             Err(frame) => {
                 if let Ok(t) = frame.into_trailers() {
@@ -133,13 +159,21 @@ async fn read_body(body: Body) -> Result<(Bytes, Option<HeaderMap>), tonic::Stat
                 }
             }
         }
+        if len > limit {
+            let read = if more.is_empty() {
+                data.unwrap_or_default()
+            } else {
+                more.freeze()
+            };
+            return Ok(Read::Cut(read, body));
+        }
     }
     let data = if more.is_empty() {
         data.unwrap_or_default()
     } else {
         more.freeze()
     };
-    Ok((data, trailers))
+    Ok(Read::Whole(data, trailers))
 }
 
 /// The request's one message, if `data` is exactly one uncompressed frame of at most `max`
@@ -216,6 +250,31 @@ impl HttpBody for Once {
     }
 }
 
+/// A body cut by `read_body`: what it read, then the rest.
+struct Resumed {
+    read: Option<Bytes>,
+    rest: Body,
+}
+
+impl HttpBody for Resumed {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        if let Some(read) = self.read.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_none() && self.rest.is_end_stream()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -267,7 +326,9 @@ mod tests {
             Frame::trailers(trailers),
         ];
         let body = Body::new(Frames(frames.into()));
-        let (read, trailers) = read_body(body).await.unwrap();
+        let Read::Whole(read, trailers) = read_body(body, data.len()).await.unwrap() else {
+            panic!("cut short")
+        };
         assert_eq!(read, data);
         assert_eq!(trailers.unwrap()["x-trailer"], "t");
         assert_eq!(plain_message::<PutRequest>(&read, 4096), Some(put()));
@@ -277,9 +338,36 @@ mod tests {
     async fn one_frame_is_kept_as_it_came() {
         let data = framed(&put(), 0);
         let body = Body::new(Frames([Frame::data(data.clone())].into()));
-        let (read, trailers) = read_body(body).await.unwrap();
+        let Read::Whole(read, trailers) = read_body(body, data.len()).await.unwrap() else {
+            panic!("cut short")
+        };
         assert_eq!(read.as_ptr(), data.as_ptr());
         assert!(trailers.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_cut_and_resumed_whole() {
+        let data = framed(&put(), 0);
+        let frames = [
+            Frame::data(data.slice(..400)),
+            Frame::data(data.slice(400..800)),
+            Frame::data(data.slice(800..)),
+        ];
+        let body = Body::new(Frames(frames.into()));
+        let Read::Cut(read, rest) = read_body(body, 500).await.unwrap() else {
+            panic!("read whole past the limit")
+        };
+        assert_eq!(read, data.slice(..800));
+        let resumed = Resumed {
+            read: Some(read),
+            rest,
+        };
+        let mut resumed = std::pin::pin!(resumed);
+        let mut all = BytesMut::new();
+        while let Some(f) = std::future::poll_fn(|cx| resumed.as_mut().poll_frame(cx)).await {
+            all.extend_from_slice(&f.unwrap().into_data().unwrap());
+        }
+        assert_eq!(all.freeze(), data);
     }
 
     #[test]
