@@ -160,20 +160,19 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Read, tonic::Status> 
             }
         }
         if len > limit {
-            let read = if more.is_empty() {
-                data.unwrap_or_default()
-            } else {
-                more.freeze()
-            };
-            return Ok(Read::Cut(read, body));
+            return Ok(Read::Cut(joined(data, more), body));
         }
     }
-    let data = if more.is_empty() {
-        data.unwrap_or_default()
+    Ok(Read::Whole(joined(data, more), trailers))
+}
+
+/// The data read: the first frame's as it came, or all of them joined in `more`.
+fn joined(first: Option<Bytes>, more: BytesMut) -> Bytes {
+    if more.is_empty() {
+        first.unwrap_or_default()
     } else {
         more.freeze()
-    };
-    Ok(Read::Whole(data, trailers))
+    }
 }
 
 /// The request's one message, if `data` is exactly one uncompressed frame of at most `max`
