@@ -3,7 +3,8 @@
 //! values preloaded; puts overwrite random existing keys; ranges read one key, or a 100-key
 //! prefix page at the current revision; txns are kube-apiserver's update shape (compare
 //! mod_revision, then put); a compaction removes the versions 1,000 overwrites superseded.
-//! `store_aged`: one-key reads after every key has 100 versions. Run with `cargo bench -p store`.
+//! `store_aged`: one-key reads after every key has 100 versions; `store_spread`: after 200,000
+//! puts of random keys among 100,000. Run with `cargo bench -p store`.
 
 use std::time::{Duration, Instant};
 
@@ -173,6 +174,34 @@ fn bench_aged(c: &mut Criterion) {
     g.finish();
 }
 
+/// Keys in the store that `bench_spread` writes.
+const SPREAD_KEYS: usize = 100_000;
+
+/// Reads on a store shaped like the comparison's after its put workload: 200,000 puts of
+/// random keys among 100,000, so each key has one or two versions in a few of the many table
+/// files the flushes wrote, and a one-key read finds most files without the key.
+fn bench_spread(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut writer) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
+    let mut x = 1u64;
+    for _ in 0..2 * SPREAD_KEYS {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let put = PutRequest {
+            key: key((x >> 33) as usize % SPREAD_KEYS).into(),
+            value: vec![b's'; VALUE_BYTES].into(),
+            ..Default::default()
+        };
+        writer.apply(&WriteRequest::Put(put)).unwrap();
+    }
+    writer.publish();
+    let mut g = c.benchmark_group("store_spread");
+    g.throughput(Throughput::Elements(1));
+    one_key_reads(&mut g, "range_one_key", &store, 0);
+    g.finish();
+}
+
 /// One-key reads of keys in a fixed pseudo-random order, at `revision` (0: the current one).
 fn one_key_reads(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, store: &Store, revision: i64) {
     let mut next = 0usize;
@@ -192,5 +221,5 @@ fn one_key_reads(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, store: &Store
     });
 }
 
-criterion_group!(benches, bench, bench_aged);
+criterion_group!(benches, bench, bench_aged, bench_spread);
 criterion_main!(benches);

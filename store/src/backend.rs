@@ -16,9 +16,13 @@
 
 use std::path::Path;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, ReadOptions, SliceTransform, DB,
+};
 
 use crate::error::Result;
+use crate::mvcc::escaped_len;
+use crate::revision::REVISION_LEN;
 
 pub const CF_KEY: &str = "key";
 pub const CF_REV: &str = "rev";
@@ -84,6 +88,17 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
         table.set_pin_top_level_index_and_filter(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut o = Options::default();
+        if name == CF_KEY {
+            // Filters hold each version key's escaped user key, so a seek for one key's
+            // versions skips every table file without that key; no reader looks up a whole
+            // version key, so whole keys are left out.
+            table.set_whole_key_filtering(false);
+            o.set_prefix_extractor(SliceTransform::create(
+                VERSION_KEY_PREFIX,
+                user_key_part,
+                Some(is_version_key),
+            ));
+        }
         o.set_block_based_table_factory(&table);
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // The `key` family's memtable is smaller: a scan steps over every entry of its range
@@ -118,6 +133,39 @@ pub fn open(path: &Path, opts: &BackendOptions) -> Result<DB> {
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, cf_opts(name)));
     Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
+}
+
+/// The name of the `key` family's prefix extractor, kept in its table files: a file written
+/// under another name (or none) is read without its filters.
+const VERSION_KEY_PREFIX: &str = "cairn.escaped-user-key";
+
+/// The escaped user key (terminator included) of a version key.
+fn user_key_part(version_key: &[u8]) -> &[u8] {
+    &version_key[..version_key.len() - REVISION_LEN]
+}
+
+/// Whether `key` is a version key: an escaped user key followed by exactly one revision. A
+/// seek target without a revision (the start of a range) is not, so it never consults the
+/// filters under a prefix it does not have.
+fn is_version_key(key: &[u8]) -> bool {
+    key.len() >= REVISION_LEN && escaped_len(key) == Some(key.len() - REVISION_LEN)
+}
+
+/// Options for an iterator that may move from one key to the next: total order, so the
+/// `key` family's filters, which answer for one user key, are never consulted.
+pub fn read_options() -> ReadOptions {
+    let mut o = ReadOptions::default();
+    o.set_total_order_seek(true);
+    o
+}
+
+/// Options for an iterator that reads one key's versions after each seek, and each seek to
+/// a version key (`mvcc::version_key`): the seek skips table files whose filter has no such
+/// user key, and the iterator ends at the key's last version.
+pub fn one_key_read_options() -> ReadOptions {
+    let mut o = ReadOptions::default();
+    o.set_prefix_same_as_start(true);
+    o
 }
 
 /// The options of every write to the store: no RocksDB log (see the module comment).

@@ -93,7 +93,10 @@ impl<'a> Change<'a> {
     /// Runs `read` with the request's iterator over the `key` family.
     fn with_iter<R>(&self, read: impl FnOnce(&mut DBRawIterator<'a>) -> R) -> R {
         let mut slot = self.key_iter.borrow_mut();
-        let iter = slot.get_or_insert_with(|| self.db.raw_iterator_cf(cf(self.db, CF_KEY)));
+        let iter = slot.get_or_insert_with(|| {
+            self.db
+                .raw_iterator_cf_opt(cf(self.db, CF_KEY), backend::read_options())
+        });
         read(iter)
     }
 

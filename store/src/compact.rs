@@ -64,7 +64,7 @@ impl Store {
         let cf_key = db.cf_handle(CF_KEY).expect("cf");
         let cf_rev = db.cf_handle(CF_REV).expect("cf");
         let mut revs = db.raw_iterator_cf(cf_rev);
-        let mut versions = db.raw_iterator_cf(cf_key);
+        let mut versions = db.raw_iterator_cf_opt(cf_key, backend::read_options());
         // Everything at or below the last finished compaction that is not a key's newest live
         // version there is gone already (see the module comment).
         let previous = self.finished_compaction()?.min(rev);

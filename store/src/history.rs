@@ -27,7 +27,7 @@ impl Store {
         let view = self.view();
         // Loaded after the snapshot: anything at or above it is still in the snapshot.
         let compacted = self.compacted_revision();
-        let mut versions = view.iter(CF_KEY, None);
+        let mut versions = view.one_key_iter(None);
         events
             .iter()
             .map(|e| {
@@ -65,7 +65,7 @@ impl Store {
             });
         }
         let mut revs = view.iter(CF_REV, Some(Revision::new(to + 1, 0).encode().to_vec()));
-        let mut versions = view.iter(CF_KEY, None);
+        let mut versions = view.one_key_iter(None);
         revs.seek(Revision::new(from, 0).encode());
         let mut out = History {
             events: Vec::new(),

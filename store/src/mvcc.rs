@@ -141,10 +141,20 @@ pub fn scan(
     count_only: bool,
 ) -> Result<Scan> {
     let mut out = Scan::default();
-    if let RangeEnd::Before(e) = end {
-        if e.as_slice() <= start {
+    match end {
+        RangeEnd::Before(e) if e.as_slice() <= start => return Ok(out),
+        RangeEnd::Single => {
+            // One seek, to the key's newest version at `rev`: a version key, so an iterator
+            // for one key (`backend::one_key_read_options`) skips the files without it.
+            if let Some((_, false, kv)) = latest(iter, start, rev)? {
+                out.count = 1;
+                if !count_only {
+                    out.kvs.push(kv);
+                }
+            }
             return Ok(out);
         }
+        _ => {}
     }
     let at_rev = Revision::new(rev, i64::MAX).encode_desc();
     let start_esc = escape(start);
@@ -164,9 +174,6 @@ pub fn scan(
         let (n, version) = split_version_key(iter.key().expect("valid iterator has a key"))?;
         prefix.clear();
         prefix.extend_from_slice(&iter.key().expect("valid")[..n]);
-        if matches!(end, RangeEnd::Single) && prefix != start_esc {
-            break;
-        }
         if end_esc.as_ref().is_some_and(|e| prefix >= *e) {
             break;
         }
@@ -193,9 +200,6 @@ pub fn scan(
             if !count_only && (limit == 0 || out.kvs.len() < limit) {
                 out.kvs.push(decode_version(value)?.1);
             }
-        }
-        if matches!(end, RangeEnd::Single) {
-            break;
         }
         // Move past this key's older versions.
         if !step_past_key(iter, &prefix) {

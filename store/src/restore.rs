@@ -38,14 +38,19 @@ impl Writer {
         for name in backend::FAMILIES {
             let live = cf(db, name);
             let mut batch = WriteBatch::default();
-            for item in db.iterator_cf(live, IteratorMode::Start) {
+            for item in db.iterator_cf_opt(live, backend::read_options(), IteratorMode::Start) {
                 let (k, _) = item?;
                 batch.delete_cf(live, k);
                 if batch.len() >= COPY_BATCH_MAX {
                     db.write_opt(std::mem::take(&mut batch), &opts)?;
                 }
             }
-            for item in source.iterator_cf(cf(&source, name), IteratorMode::Start) {
+            let copied = source.iterator_cf_opt(
+                cf(&source, name),
+                backend::read_options(),
+                IteratorMode::Start,
+            );
+            for item in copied {
                 let (k, v) = item?;
                 batch.put_cf(live, k, v);
                 if batch.len() >= COPY_BATCH_MAX {

@@ -47,7 +47,7 @@ pub(crate) struct View<'a> {
 
 impl<'a> View<'a> {
     pub(crate) fn opts(&self, upper_bound: Option<Vec<u8>>) -> ReadOptions {
-        let mut o = ReadOptions::default();
+        let mut o = backend::read_options();
         if let Some(snapshot) = &self.snapshot {
             o.set_snapshot(snapshot);
         }
@@ -64,6 +64,23 @@ impl<'a> View<'a> {
     ) -> rocksdb::DBRawIterator<'a> {
         let handle = self.db.cf_handle(cf).expect("column family exists");
         self.db.raw_iterator_cf_opt(handle, self.opts(upper_bound))
+    }
+
+    /// An iterator over the `key` family for lookups of single keys' versions, each seek to a
+    /// version key (see `backend::one_key_read_options`). Given the one key it will read, it
+    /// also stops at that key's end: without that bound a read on a store whose files all
+    /// hold versions of the key took 11 µs instead of 4 (`cargo bench -p store --
+    /// store_aged`).
+    pub(crate) fn one_key_iter(&self, only: Option<&[u8]>) -> rocksdb::DBRawIterator<'a> {
+        let mut o = backend::one_key_read_options();
+        if let Some(key) = only {
+            o.set_iterate_upper_bound(RangeEnd::Single.upper_bound(key).expect("bounded"));
+        }
+        if let Some(snapshot) = &self.snapshot {
+            o.set_snapshot(snapshot);
+        }
+        let handle = self.db.cf_handle(CF_KEY).expect("column family exists");
+        self.db.raw_iterator_cf_opt(handle, o)
     }
 }
 
@@ -205,7 +222,10 @@ impl Store {
         let view = self.view_for_one_iterator();
         let (current, mut iter, read_rev) = loop {
             let current = self.current_revision();
-            let iter = view.iter(CF_KEY, end.upper_bound(key));
+            let iter = match end {
+                RangeEnd::Single => view.one_key_iter(Some(key)),
+                _ => view.iter(CF_KEY, end.upper_bound(key)),
+            };
             match self.check_read_revision_at(rev, current) {
                 Err(Error::Compacted { .. }) if rev <= 0 => continue,
                 other => break (current, iter, other?),
@@ -218,7 +238,7 @@ impl Store {
     /// Returns the version of `key` at `rev` if it was live there.
     pub fn get_at(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
         let view = self.view();
-        let mut iter = view.iter(CF_KEY, None);
+        let mut iter = view.one_key_iter(Some(key));
         Ok(match mvcc::latest(&mut iter, key, rev)? {
             Some((_, false, kv)) => Some(kv),
             _ => None,
@@ -289,7 +309,8 @@ impl Store {
     /// physical compaction has left (for tests and debugging; reads the whole key family).
     pub fn versions_held(&self) -> Result<u64> {
         let db = &self.inner.db;
-        let mut iter = db.raw_iterator_cf(db.cf_handle(backend::CF_KEY).expect("cf"));
+        let mut iter =
+            db.raw_iterator_cf_opt(db.cf_handle(CF_KEY).expect("cf"), backend::read_options());
         iter.seek_to_first();
         let mut held = 0;
         while iter.valid() {
