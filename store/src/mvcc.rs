@@ -130,8 +130,9 @@ pub struct Scan {
 /// Scans `[start, end)` at revision `rev`, returning up to `limit` live versions (0 = no
 /// limit) and the count of all live keys. With `count_only` no values are decoded.
 ///
-/// An iterator created with `end.upper_bound(start)` as its upper bound reads less, but any
-/// iterator over the `key` family gives the same result.
+/// The iterator must be total-order (`backend::read_options`), except for a single key, which
+/// a one-key iterator (`backend::one_key_read_options`) also reads. One created with
+/// `end.upper_bound(start)` as its upper bound reads less, with the same result.
 pub fn scan(
     iter: &mut DBRawIterator<'_>,
     start: &[u8],

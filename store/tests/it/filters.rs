@@ -13,40 +13,31 @@ use store::{BackendOptions, Store, WriteRequest};
 /// key → [(revision, value, or None once deleted)]
 type Model = BTreeMap<Vec<u8>, Vec<(i64, Option<Vec<u8>>)>>;
 
-fn keys() -> Vec<Vec<u8>> {
-    [
-        &b"a"[..],
-        b"a\0",
-        b"a\0\0",
-        b"a\x01",
-        b"a\xff",
-        b"ab",
-        b"abcdefghij",
-        b"abcdefghijklmnopqrstuvwxyz",
-        b"abcdefghijklmnopqrstuvwxyz0",
-        b"\0",
-        b"\xff\xff",
-    ]
-    .iter()
-    .map(|k| k.to_vec())
-    .collect()
-}
+/// Keys written (some of them deleted again).
+const KEYS: [&[u8]; 11] = [
+    b"a",
+    b"a\0",
+    b"a\0\0",
+    b"a\x01",
+    b"a\xff",
+    b"ab",
+    b"abcdefghij",
+    b"abcdefghijklmnopqrstuvwxyz",
+    b"abcdefghijklmnopqrstuvwxyz0",
+    b"\0",
+    b"\xff\xff",
+];
 
 /// Keys never written, read and used as range ends. `abcdefghijkm` ends a range from the
 /// 26-byte key just past the 12 bytes a revision-sized cut would leave of it.
-fn absent() -> Vec<Vec<u8>> {
-    [
-        &b"aa"[..],
-        b"a\0\x01",
-        b"abcdefghijkm",
-        b"abcdefghijklmnopqrstuvwxy",
-        b"b",
-        b"\0\0",
-    ]
-    .iter()
-    .map(|k| k.to_vec())
-    .collect()
-}
+const ABSENT: [&[u8]; 6] = [
+    b"aa",
+    b"a\0\x01",
+    b"abcdefghijkm",
+    b"abcdefghijklmnopqrstuvwxy",
+    b"b",
+    b"\0\0",
+];
 
 fn live_at(
     model: &Model,
@@ -74,21 +65,20 @@ fn reads_across_many_table_files_agree_with_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut writer) = Store::open(dir.path(), &BackendOptions::default()).unwrap();
     let mut model = Model::new();
-    let keys = keys();
     for round in 0..6usize {
-        for (i, key) in keys.iter().enumerate() {
+        for (i, key) in KEYS.iter().enumerate() {
             // Each key in some rounds only, so its versions spread over some files, not all.
             if (i + round) % 3 == 0 {
                 continue;
             }
             let req = if (i + round) % 5 == 4 {
                 WriteRequest::DeleteRange(DeleteRangeRequest {
-                    key: key.clone(),
+                    key: key.to_vec(),
                     ..Default::default()
                 })
             } else {
                 WriteRequest::Put(PutRequest {
-                    key: key.clone().into(),
+                    key: key.to_vec().into(),
                     value: format!("{round}:{i}").into_bytes().into(),
                     ..Default::default()
                 })
@@ -103,7 +93,7 @@ fn reads_across_many_table_files_agree_with_the_model() {
                 _ => None,
             };
             model
-                .entry(key.clone())
+                .entry(key.to_vec())
                 .or_default()
                 .push((writer.revision(), value));
         }
@@ -113,7 +103,7 @@ fn reads_across_many_table_files_agree_with_the_model() {
     writer.publish();
     let current = writer.revision();
 
-    let mut probes: Vec<Vec<u8>> = keys.iter().chain(absent().iter()).cloned().collect();
+    let mut probes: Vec<Vec<u8>> = KEYS.iter().chain(&ABSENT).map(|k| k.to_vec()).collect();
     probes.sort();
     for rev in 1..=current {
         for key in &probes {
